@@ -1,0 +1,730 @@
+//! The activities: the contract's five, and the internal ones the tracker and
+//! `TenantComputeWorkflow` use.
+//!
+//! Every public activity takes raw JSON and validates it itself (see [`crate::validate`]).
+//! Every provider and store error is classified where it arises and turned into an
+//! `ApplicationFailure` here, explicitly: never through `?` on an untyped error, which the SDK
+//! would make retryable with no type.
+
+use std::{sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use temporalio_client::{
+    UntypedSignal, WorkflowExecutionInfo, WorkflowHandle, WorkflowIdReusePolicy,
+    WorkflowSignalOptions, WorkflowStartOptions, errors::WorkflowInteractionError,
+    errors::WorkflowStartError,
+};
+use temporalio_common::{
+    UntypedWorkflow,
+    data_converters::{PayloadConverter, RawValue},
+    search_attributes::{SearchAttributeKey, SearchAttributes},
+};
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tracing::{Instrument, Span, field::Empty};
+
+use crate::{
+    contract::{
+        CallbackTarget, ComputeCallback, ComputeSpec, ExecutionHandle, ExecutionState,
+        ExecutionStatus, Operation, Progress, TemporalCallback, TenantState,
+    },
+    error::{ComputeError, ErrorCode},
+    names,
+    provider::{ComputeProvider, CurrentState, Observation, OperationContext},
+    store::{self, ExecutionRecord, ExecutionStore, NewExecution, StoreError, Transition},
+    validate,
+};
+
+/// The `TenantId` keyword search attribute.
+pub const TENANT_ID_KEY: SearchAttributeKey<String> =
+    SearchAttributeKey::keyword(names::TENANT_ID_SEARCH_ATTRIBUTE);
+
+/// Settings of the activities.
+#[derive(Debug, Clone)]
+pub struct ActivitySettings {
+    /// The task queue trackers run on (the worker's own).
+    pub task_queue: String,
+    /// Timeout of an operation whose request gives none.
+    pub default_timeout: Duration,
+    /// How often a watch reports progress back to its tracker at most.
+    pub progress_report_interval: Duration,
+}
+
+impl Default for ActivitySettings {
+    fn default() -> Self {
+        ActivitySettings {
+            task_queue: names::DEFAULT_TASK_QUEUE.to_string(),
+            default_timeout: Duration::from_secs(600),
+            progress_report_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Input of the tracker workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackerInput {
+    /// The execution tracked.
+    pub execution_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its operation.
+    pub operation: Operation,
+    /// When it times out, counted from the tracker's start.
+    pub timeout_ms: u64,
+}
+
+/// The `attach-callback` signal: one more caller to tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachCallback {
+    /// The caller's target; absent for a caller that only polls.
+    #[serde(default)]
+    pub target: Option<CallbackTarget>,
+}
+
+/// Input of the watch activity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchInput {
+    /// The execution.
+    pub execution_id: String,
+    /// The progress the tracker already knows, so the watch returns only on news.
+    #[serde(default)]
+    pub known_progress: Option<Progress>,
+}
+
+/// Input of the delivery activity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverInput {
+    /// Where to.
+    pub target: CallbackTarget,
+    /// What.
+    pub callback: ComputeCallback,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryOutcome {
+    /// The target accepted it.
+    pub delivered: bool,
+    /// Why not, when the target will never accept it (for example: the workflow is closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undeliverable_reason: Option<String>,
+}
+
+/// Input of the intervention activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterventionInput {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The execution whose failure led here.
+    pub execution_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The activities, sharing one store and one provider.
+pub struct ComputeActivities {
+    store: Arc<dyn ExecutionStore>,
+    provider: Arc<dyn ComputeProvider>,
+    settings: ActivitySettings,
+}
+
+fn store_err(e: StoreError) -> ComputeError {
+    e.to_compute_error()
+}
+
+fn fail(e: ComputeError, what: &str) -> ActivityError {
+    e.log(what);
+    e.into_activity_error()
+}
+
+fn op_span(operation: &str, tenant_id: &str) -> Span {
+    tracing::info_span!("compute", tenant_id = %tenant_id, operation = %operation, execution_id = Empty)
+}
+
+fn handle_of(record: &ExecutionRecord, attached: bool) -> ExecutionHandle {
+    let s = &record.status;
+    ExecutionHandle {
+        execution_id: s.execution_id.clone(),
+        tenant_id: s.tenant_id.clone(),
+        operation: s.operation,
+        state: s.state,
+        resource_ids: s.resource_ids.clone(),
+        tracker_workflow_id: names::tracker_workflow_id(&s.execution_id),
+        attached,
+        error: if s.state.is_final() { s.error.clone() } else { None },
+    }
+}
+
+/// The default callback target: the workflow that called the activity.
+fn default_target(ctx: &ActivityContext) -> Option<CallbackTarget> {
+    let info = ctx.info();
+    info.workflow_id.clone().map(|workflow_id| {
+        CallbackTarget::Temporal(TemporalCallback {
+            workflow_id,
+            run_id: None,
+            namespace: None,
+        })
+    })
+}
+
+/// A request reduced to what the start path needs.
+struct StartRequest {
+    tenant_id: String,
+    spec: Option<ComputeSpec>,
+    idempotency_key: Option<String>,
+    callback: Option<CallbackTarget>,
+    timeout: Option<String>,
+    validated: Value,
+}
+
+impl ComputeActivities {
+    /// Builds the activities over a store and a provider.
+    pub fn new(
+        store: Arc<dyn ExecutionStore>,
+        provider: Arc<dyn ComputeProvider>,
+        settings: ActivitySettings,
+    ) -> Self {
+        ComputeActivities {
+            store,
+            provider,
+            settings,
+        }
+    }
+
+    fn parse_start(&self, operation: Operation, input: &Value) -> Result<StartRequest, ComputeError> {
+        // Plain data: serializing it cannot fail.
+        fn to_value<T: Serialize>(v: &T) -> Value {
+            serde_json::to_value(v).unwrap_or(Value::Null)
+        }
+        match operation {
+            Operation::Provision | Operation::Update => {
+                let r = validate::compute_request(input)?;
+                self.provider.validate(&r.spec)?;
+                Ok(StartRequest {
+                    validated: to_value(&r),
+                    tenant_id: r.tenant_id,
+                    spec: Some(r.spec),
+                    idempotency_key: r.idempotency_key,
+                    callback: r.callback,
+                    timeout: r.timeout,
+                })
+            }
+            Operation::Delete => {
+                let r = validate::delete_request(input)?;
+                Ok(StartRequest {
+                    validated: to_value(&r),
+                    tenant_id: r.tenant_id,
+                    spec: None,
+                    idempotency_key: r.idempotency_key,
+                    callback: r.callback,
+                    timeout: r.timeout,
+                })
+            }
+        }
+    }
+
+    /// The start path shared by provision, update and delete.
+    async fn start(
+        &self,
+        ctx: &ActivityContext,
+        operation: Operation,
+        input: Value,
+    ) -> Result<ExecutionHandle, ActivityError> {
+        // The refused input is never logged: only the field-naming message is.
+        let req = self
+            .parse_start(operation, &input)
+            .map_err(|e| fail(e, "Validating the request"))?;
+        let span = op_span(operation.as_str(), &req.tenant_id);
+        self.start_valid(ctx, operation, req).instrument(span).await
+    }
+
+    async fn start_valid(
+        &self,
+        ctx: &ActivityContext,
+        operation: Operation,
+        req: StartRequest,
+    ) -> Result<ExecutionHandle, ActivityError> {
+        let timeout = match &req.timeout {
+            Some(t) => humantime::parse_duration(t).unwrap_or(self.settings.default_timeout),
+            None => self.settings.default_timeout,
+        };
+        let target = req.callback.clone().or_else(|| default_target(ctx));
+        let begin = self
+            .store
+            .begin_execution(NewExecution {
+                tenant_id: req.tenant_id.clone(),
+                operation,
+                idempotency_key: req.idempotency_key.clone(),
+                spec_hash: store::spec_hash(req.spec.as_ref()),
+                spec: req.spec.clone(),
+                request: req.validated.clone(),
+                timeout,
+            })
+            .await
+            .map_err(|e| fail(store_err(e), "Recording the execution"))?;
+        let mut record = begin.record;
+        let execution_id = record.status.execution_id.clone();
+        Span::current().record("execution_id", execution_id.as_str());
+        tracing::info!(
+            created = begin.created,
+            state = %record.status.state,
+            attempt = ctx.info().attempt,
+            "Operation requested."
+        );
+
+        if record.status.state.is_final() {
+            tracing::info!(state = %record.status.state, "Attached after the end: returning the final state.");
+            return Ok(handle_of(&record, true));
+        }
+
+        if record.status.state == ExecutionState::Pending {
+            let op = OperationContext {
+                execution_id: execution_id.clone(),
+                tenant_id: req.tenant_id.clone(),
+                operation,
+            };
+            let current = begin
+                .previous_tenant
+                .map(|t| CurrentState {
+                    spec: t.spec,
+                    resource_ids: t.resource_ids,
+                })
+                .unwrap_or_default();
+            let spec = req.spec.clone().unwrap_or_default();
+            let result = match operation {
+                Operation::Provision => self.provider.provision(&op, &spec).await,
+                Operation::Update => self.provider.update(&op, &current, &spec).await,
+                Operation::Delete => self.provider.delete(&op, &current).await,
+            };
+            match result {
+                Ok(ids) => {
+                    record = self
+                        .store
+                        .transition(Transition {
+                            resource_ids: Some(ids),
+                            ..Transition::to(&execution_id, ExecutionState::Running)
+                        })
+                        .await
+                        .map_err(|e| fail(store_err(e), "Recording the running state"))?
+                        .record;
+                }
+                Err(e) => {
+                    let e = e.with_provider_default(self.provider.name());
+                    let state = if e.retriable {
+                        ExecutionState::Pending
+                    } else {
+                        ExecutionState::Failed
+                    };
+                    let note = format!("attempt {} failed: {}", ctx.info().attempt, e.code);
+                    if let Err(se) = self
+                        .store
+                        .transition(Transition {
+                            error: Some(e.clone()),
+                            message: Some(note),
+                            ..Transition::to(&execution_id, state)
+                        })
+                        .await
+                    {
+                        // The provider's error is what the caller needs; the store's goes to
+                        // the log, and a retry records it again.
+                        tracing::warn!(error = %se, "Could not record the failed attempt.");
+                    }
+                    return Err(fail(e, "The provider call"));
+                }
+            }
+        }
+
+        self.ensure_tracker(ctx, &record, target)
+            .await
+            .map_err(|e| fail(e, "Starting the tracker"))?;
+        // The tracker may have finished in between (a late attacher): report what is true now.
+        if let Ok(Some(now)) = self.store.get_execution(&execution_id).await {
+            record = now;
+        }
+        Ok(handle_of(&record, !begin.created))
+    }
+
+    /// Starts the execution's tracker if it is not running, and adds the caller's target,
+    /// atomically (signal-with-start). A closed tracker is never started again.
+    async fn ensure_tracker(
+        &self,
+        ctx: &ActivityContext,
+        record: &ExecutionRecord,
+        target: Option<CallbackTarget>,
+    ) -> Result<(), ComputeError> {
+        let s = &record.status;
+        let conv = PayloadConverter::serde_json();
+        let input = TrackerInput {
+            execution_id: s.execution_id.clone(),
+            tenant_id: s.tenant_id.clone(),
+            operation: s.operation,
+            timeout_ms: s.timeout_ms,
+        };
+        let options = WorkflowStartOptions::new(
+            self.settings.task_queue.clone(),
+            names::tracker_workflow_id(&s.execution_id),
+        )
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .search_attributes(SearchAttributes::new([
+            TENANT_ID_KEY.value_set(s.tenant_id.clone())
+        ]))
+        .build();
+        let result = ctx
+            .client()
+            .signal_with_start_workflow(
+                UntypedWorkflow::new(names::TRACKER_WORKFLOW),
+                RawValue::from_value(&input, &conv),
+                UntypedSignal::new(names::SIGNAL_ATTACH_CALLBACK),
+                RawValue::from_value(&AttachCallback { target }, &conv),
+                options,
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The tracker already finished: the store holds the final state.
+            Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+            Err(e) => Err(ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "could not start the execution's tracker on Temporal",
+            )
+            .with_provider("temporal", None)
+            .with_root_cause(e)),
+        }
+    }
+
+    async fn get_status(&self, execution_id: &str) -> Result<ExecutionStatus, ComputeError> {
+        match self.store.get_execution(execution_id).await {
+            Ok(Some(r)) => Ok(r.status),
+            Ok(None) => Err(ComputeError::new(
+                ErrorCode::NotFound,
+                format!("execution {execution_id} does not exist"),
+            )),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn watch(
+        &self,
+        ctx: &ActivityContext,
+        input: WatchInput,
+    ) -> Result<ExecutionStatus, ComputeError> {
+        let started = tokio::time::Instant::now();
+        let mut last_progress = input.known_progress.clone();
+        loop {
+            if ctx.is_cancelled() {
+                return Err(ComputeError::new(ErrorCode::Cancelled, "the watch was cancelled"));
+            }
+            let record = match self.store.get_execution(&input.execution_id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return Err(ComputeError::new(
+                        ErrorCode::NotFound,
+                        format!("execution {} does not exist", input.execution_id),
+                    ));
+                }
+                Err(e) => return Err(store_err(e)),
+            };
+            let status = record.status;
+            if status.state.is_final() {
+                return Ok(status);
+            }
+            let op = OperationContext {
+                execution_id: status.execution_id.clone(),
+                tenant_id: status.tenant_id.clone(),
+                operation: status.operation,
+            };
+            let observation = match self.provider.observe(&op, &status.resource_ids).await {
+                Ok(o) => o,
+                Err(e) if e.retriable => {
+                    // A flaky observation is not the operation failing: keep watching; the
+                    // tracker's timeout bounds how long.
+                    e.log("Observing the provider");
+                    let _ = ctx.record_heartbeat(status.state.as_str().to_string()).await;
+                    tokio::time::sleep(self.provider.poll_interval()).await;
+                    continue;
+                }
+                Err(e) => Observation::Failed(e),
+            };
+            let transition = match observation {
+                Observation::Succeeded(ids) => Transition {
+                    resource_ids: Some(ids),
+                    ..Transition::to(&status.execution_id, ExecutionState::Succeeded)
+                },
+                Observation::Failed(e) => {
+                    let e = e.with_provider_default(self.provider.name());
+                    e.log("The operation");
+                    Transition {
+                        error: Some(e),
+                        ..Transition::to(&status.execution_id, ExecutionState::Failed)
+                    }
+                }
+                Observation::InProgress(progress) => {
+                    let _ = ctx.record_heartbeat(progress.message.clone()).await;
+                    if last_progress.as_ref() != Some(&progress) {
+                        let updated = self
+                            .store
+                            .transition(Transition {
+                                progress: Some(progress.clone()),
+                                ..Transition::to(&status.execution_id, status.state)
+                            })
+                            .await
+                            .map_err(store_err)?;
+                        last_progress = Some(progress);
+                        if started.elapsed() >= self.settings.progress_report_interval {
+                            return Ok(updated.record.status);
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.provider.poll_interval()) => {}
+                        _ = ctx.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            let outcome = self.store.transition(transition).await.map_err(store_err)?;
+            tracing::info!(state = %outcome.record.status.state, "Operation reached a final state.");
+            return Ok(outcome.record.status);
+        }
+    }
+
+    async fn deliver(
+        &self,
+        ctx: &ActivityContext,
+        input: DeliverInput,
+    ) -> Result<DeliveryOutcome, ComputeError> {
+        let cb = &input.callback;
+        match &input.target {
+            CallbackTarget::Temporal(t) => {
+                let client = ctx.client();
+                let namespace = t
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.options().namespace.clone());
+                let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
+                    client,
+                    WorkflowExecutionInfo::builder()
+                        .namespace(namespace)
+                        .workflow_id(t.workflow_id.clone())
+                        .maybe_run_id(t.run_id.clone())
+                        .build(),
+                );
+                let payload = RawValue::from_value(cb, &PayloadConverter::serde_json());
+                // The same request id for the same (execution, state) lets the server drop a
+                // duplicate sent by a retried attempt.
+                let options = WorkflowSignalOptions::builder()
+                    .request_id(format!(
+                        "{}:{}:{}",
+                        cb.execution_id, cb.state, cb.sequence
+                    ))
+                    .build();
+                match handle
+                    .signal(UntypedSignal::new(cb.signal_name()), payload, options)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(target = %input.target.describe(), signal = cb.signal_name(), "Callback delivered.");
+                        Ok(DeliveryOutcome {
+                            delivered: true,
+                            undeliverable_reason: None,
+                        })
+                    }
+                    Err(WorkflowInteractionError::NotFound(status)) => {
+                        tracing::warn!(target = %input.target.describe(), reason = %status.message(), "Callback target is gone; recorded as undeliverable.");
+                        Ok(DeliveryOutcome {
+                            delivered: false,
+                            undeliverable_reason: Some(format!(
+                                "workflow not found or closed: {}",
+                                status.message()
+                            )),
+                        })
+                    }
+                    Err(e) => Err(ComputeError::new(
+                        ErrorCode::ProviderTemporarilyUnavailable,
+                        "Temporal did not accept the callback signal",
+                    )
+                    .with_provider("temporal", None)
+                    .with_root_cause(e)),
+                }
+            }
+        }
+    }
+}
+
+impl ComputeError {
+    /// Names the provider when the error does not already.
+    pub fn with_provider_default(mut self, provider: &str) -> Self {
+        if self.provider.is_none() {
+            self.provider = Some(provider.to_string());
+        }
+        self
+    }
+}
+
+/// The activity definitions (a module of its own because the macro generates one
+/// undocumented constant per activity).
+mod definitions {
+    #![allow(missing_docs)]
+
+    use super::*;
+
+    #[activities]
+    impl ComputeActivities {
+        /// `ProvisionTenantCompute`: `ComputeRequest` -> `ExecutionHandle`.
+        #[activity(name = names::PROVISION_ACTIVITY)]
+        pub async fn provision_tenant_compute(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            input: Value,
+        ) -> Result<ExecutionHandle, ActivityError> {
+            self.start(&ctx, Operation::Provision, input).await
+        }
+
+        /// `UpdateTenantCompute`: `ComputeRequest` -> `ExecutionHandle`.
+        #[activity(name = names::UPDATE_ACTIVITY)]
+        pub async fn update_tenant_compute(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            input: Value,
+        ) -> Result<ExecutionHandle, ActivityError> {
+            self.start(&ctx, Operation::Update, input).await
+        }
+
+        /// `DeleteTenantCompute`: `DeleteRequest` -> `ExecutionHandle`.
+        #[activity(name = names::DELETE_ACTIVITY)]
+        pub async fn delete_tenant_compute(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            input: Value,
+        ) -> Result<ExecutionHandle, ActivityError> {
+            self.start(&ctx, Operation::Delete, input).await
+        }
+
+        /// `GetComputeExecution`: `{executionId}` -> `ExecutionStatus`, from the store.
+        #[activity(name = names::GET_EXECUTION_ACTIVITY)]
+        pub async fn get_compute_execution(
+            self: Arc<Self>,
+            _ctx: ActivityContext,
+            input: Value,
+        ) -> Result<ExecutionStatus, ActivityError> {
+            let id = validate::execution_id(&input).map_err(|e| fail(e, "Validating the request"))?;
+            self.get_status(&id)
+                .await
+                .map_err(|e| fail(e, "Reading the execution"))
+        }
+
+        /// `ListTenantComputeExecutions`: `{tenantId}` -> `[ExecutionStatus]`, oldest first.
+        #[activity(name = names::LIST_EXECUTIONS_ACTIVITY)]
+        pub async fn list_tenant_compute_executions(
+            self: Arc<Self>,
+            _ctx: ActivityContext,
+            input: Value,
+        ) -> Result<Vec<ExecutionStatus>, ActivityError> {
+            let tenant = validate::tenant_only(&input).map_err(|e| fail(e, "Validating the request"))?;
+            self.store
+                .list_executions(&tenant)
+                .await
+                .map(|rs| rs.into_iter().map(|r| r.status).collect())
+                .map_err(|e| fail(store_err(e), "Listing executions"))
+        }
+
+        /// Internal (tracker): observes the provider until the execution is final, or its
+        /// progress changed and the tracker should hear of it. Heartbeats while it waits.
+        #[activity(name = names::WATCH_EXECUTION_ACTIVITY)]
+        pub async fn watch_compute_execution(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            input: WatchInput,
+        ) -> Result<ExecutionStatus, ActivityError> {
+            let span = tracing::info_span!("watch", execution_id = %input.execution_id, tenant_id = Empty, operation = Empty);
+            async {
+                self.watch(&ctx, input)
+                    .await
+                    .map_err(|e| fail(e, "Watching the execution"))
+            }
+            .instrument(span)
+            .await
+        }
+
+        /// Internal (tracker): records that the execution passed its timeout (unless it is
+        /// already final) and returns its status.
+        #[activity(name = names::MARK_TIMED_OUT_ACTIVITY)]
+        pub async fn mark_compute_execution_timed_out(
+            self: Arc<Self>,
+            _ctx: ActivityContext,
+            execution_id: String,
+        ) -> Result<ExecutionStatus, ActivityError> {
+            let status = self
+                .get_status(&execution_id)
+                .await
+                .map_err(|e| fail(e, "Reading the execution"))?;
+            let span = op_span(status.operation.as_str(), &status.tenant_id);
+            span.record("execution_id", execution_id.as_str());
+            let _guard = span.enter();
+            let error = ComputeError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the operation did not finish within {}; it is still being watched and its outcome will be recorded",
+                    humantime::format_duration(Duration::from_millis(status.timeout_ms))
+                ),
+            );
+            error.log("The operation");
+            self.store
+                .transition(Transition {
+                    error: Some(error),
+                    ..Transition::to(&execution_id, ExecutionState::TimedOut)
+                })
+                .await
+                .map(|o| o.record.status)
+                .map_err(|e| fail(store_err(e), "Recording the timeout"))
+        }
+
+        /// Internal (tracker): delivers one callback to one target. Retried (by the tracker's
+        /// retry policy) until the target accepts it or says it never will.
+        #[activity(name = names::DELIVER_CALLBACK_ACTIVITY)]
+        pub async fn deliver_compute_callback(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            input: DeliverInput,
+        ) -> Result<DeliveryOutcome, ActivityError> {
+            let span = op_span(input.callback.operation.as_str(), &input.callback.tenant_id);
+            span.record("execution_id", input.callback.execution_id.as_str());
+            async {
+                self.deliver(&ctx, input)
+                    .await
+                    .map_err(|e| fail(e, "Delivering the callback"))
+            }
+            .instrument(span)
+            .await
+        }
+
+        /// Internal (`TenantComputeWorkflow`, policy `abort`): marks the tenant
+        /// `requires_manual_intervention`.
+        #[activity(name = names::MARK_TENANT_INTERVENTION_ACTIVITY)]
+        pub async fn mark_tenant_requires_intervention(
+            self: Arc<Self>,
+            _ctx: ActivityContext,
+            input: InterventionInput,
+        ) -> Result<(), ActivityError> {
+            let span = op_span("abort", &input.tenant_id);
+            span.record("execution_id", input.execution_id.as_str());
+            let _guard = span.enter();
+            tracing::error!(reason = %input.reason, "Tenant marked for manual intervention.");
+            self.store
+                .set_tenant_state(
+                    &input.tenant_id,
+                    TenantState::RequiresManualIntervention,
+                    &input.execution_id,
+                    &format!("tenant marked requires_manual_intervention: {}", input.reason),
+                )
+                .await
+                .map_err(|e| fail(store_err(e), "Marking the tenant"))
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! The JSON contract other languages depend on: requests, handles, statuses and callbacks.
+//!
+//! Field names are camelCase and enums are strings, as `shared/design.md` fixes them. Unknown
+//! fields are ignored on input. Requests are never deserialized straight from a payload: see
+//! [`crate::validate`], which turns raw JSON into these types with field-named errors.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ComputeError;
+
+/// The three operations on a tenant's compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Create the tenant's compute (idempotent).
+    Provision,
+    /// Replace the tenant's compute with a new spec.
+    Update,
+    /// Remove the tenant's compute (idempotent).
+    Delete,
+}
+
+impl Operation {
+    /// The wire name (`provision`, `update`, `delete`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Provision => "provision",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "provision" => Some(Operation::Provision),
+            "update" => Some(Operation::Update),
+            "delete" => Some(Operation::Delete),
+            _ => None,
+        }
+    }
+
+    /// The callback signal sent when this operation succeeds.
+    pub fn success_signal(self) -> &'static str {
+        match self {
+            Operation::Provision => crate::names::SIGNAL_PROVISIONED,
+            Operation::Update => crate::names::SIGNAL_UPDATED,
+            Operation::Delete => crate::names::SIGNAL_DELETED,
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionState {
+    /// Recorded, provider not (yet successfully) called.
+    Pending,
+    /// The provider accepted the operation; the tracker watches it.
+    Running,
+    /// The provider reached the desired state.
+    Succeeded,
+    /// The operation failed; `error` says why.
+    Failed,
+    /// The operation was cancelled.
+    Cancelled,
+    /// The timeout passed; the tracker keeps watching and records the eventual outcome.
+    TimedOut,
+}
+
+impl ExecutionState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionState::Pending => "pending",
+            ExecutionState::Running => "running",
+            ExecutionState::Succeeded => "succeeded",
+            ExecutionState::Failed => "failed",
+            ExecutionState::Cancelled => "cancelled",
+            ExecutionState::TimedOut => "timed_out",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => ExecutionState::Pending,
+            "running" => ExecutionState::Running,
+            "succeeded" => ExecutionState::Succeeded,
+            "failed" => ExecutionState::Failed,
+            "cancelled" => ExecutionState::Cancelled,
+            "timed_out" => ExecutionState::TimedOut,
+            _ => return None,
+        })
+    }
+
+    /// True for states nothing follows: `succeeded`, `failed`, `cancelled`.
+    ///
+    /// `timed_out` is not final: the provider-side operation goes on and its outcome is
+    /// still recorded.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ExecutionState::Succeeded | ExecutionState::Failed | ExecutionState::Cancelled
+        )
+    }
+
+    /// True for states the caller is told about with a callback.
+    pub fn is_reportable(self) -> bool {
+        self.is_final() || self == ExecutionState::TimedOut
+    }
+
+    /// Whether the state machine allows `self -> next`.
+    ///
+    /// pending -> running -> (succeeded | failed | cancelled | timed_out), pending may fail or be
+    /// cancelled directly, and timed_out -> (succeeded | failed | cancelled).
+    pub fn can_become(self, next: ExecutionState) -> bool {
+        use ExecutionState::*;
+        matches!(
+            (self, next),
+            (Pending, Running | Failed | Cancelled | TimedOut)
+                | (Running, Succeeded | Failed | Cancelled | TimedOut)
+                | (TimedOut, Succeeded | Failed | Cancelled)
+        )
+    }
+}
+
+impl std::fmt::Display for ExecutionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of a tenant, derived from its executions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantState {
+    /// A provision is under way.
+    Provisioning,
+    /// The compute runs as desired.
+    Active,
+    /// An update is under way.
+    Updating,
+    /// A delete is under way.
+    Deleting,
+    /// The compute is gone.
+    Deleted,
+    /// The last operation failed; a retry or a delete recovers.
+    Failed,
+    /// An operator must look: something was left that automation cannot clean up.
+    RequiresManualIntervention,
+}
+
+impl TenantState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Provisioning => "provisioning",
+            TenantState::Active => "active",
+            TenantState::Updating => "updating",
+            TenantState::Deleting => "deleting",
+            TenantState::Deleted => "deleted",
+            TenantState::Failed => "failed",
+            TenantState::RequiresManualIntervention => "requires_manual_intervention",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "provisioning" => TenantState::Provisioning,
+            "active" => TenantState::Active,
+            "updating" => TenantState::Updating,
+            "deleting" => TenantState::Deleting,
+            "deleted" => TenantState::Deleted,
+            "failed" => TenantState::Failed,
+            "requires_manual_intervention" => TenantState::RequiresManualIntervention,
+            _ => return None,
+        })
+    }
+}
+
+/// A reference to a secret: where the provider reads it, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The environment variable the workload sees it as.
+    pub name: String,
+    /// ECS style: an ARN of SSM / Secrets Manager; for the local provider `env:VAR` or
+    /// `file:/path`, resolved when the process starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<String>,
+    /// Kubernetes style: a key of an existing Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Kubernetes Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key inside the Secret.
+    pub key: String,
+}
+
+/// What the tenant's compute should be.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeSpec {
+    /// Container image (required by ECS and Kubernetes, unused by the local provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Entrypoint, as in a Kubernetes container (the local provider's executable and its
+    /// first arguments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments appended to `command`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Number of replicas (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// The port the workload listens on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Plain environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Configuration, exposed to the workload as environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Secrets, as references only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// Who owns the tenant's compute and how it is labelled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// Labels / tags put on every resource.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The owning team or person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The environment (`prod`, `staging`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+/// Where the completion of an execution is delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CallbackTarget {
+    /// Signal a Temporal workflow (the default: the workflow that called the activity).
+    Temporal(TemporalCallback),
+}
+
+impl CallbackTarget {
+    /// A short, log-safe description of the target.
+    pub fn describe(&self) -> String {
+        match self {
+            CallbackTarget::Temporal(t) => format!("temporal:{}", t.workflow_id),
+        }
+    }
+}
+
+/// A Temporal workflow to signal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemporalCallback {
+    /// The workflow id to signal.
+    pub workflow_id: String,
+    /// A specific run; the current run when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The namespace; the worker's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Input of `ProvisionTenantCompute` and `UpdateTenantCompute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeRequest {
+    /// The tenant: a DNS-1123 label.
+    pub tenant_id: String,
+    /// The desired compute.
+    pub spec: ComputeSpec,
+    /// Ownership and labels.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Same key, same execution: a retry attaches instead of starting over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where to deliver the completion; the calling workflow when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackTarget>,
+    /// How long the operation may take (`"90s"`, `"10m"`); the worker's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Input of `DeleteTenantCompute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteRequest {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Same key, same execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where to deliver the completion; the calling workflow when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackTarget>,
+    /// How long the delete may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Identifiers of what a provider created, by provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceIds {
+    /// ECS service ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs_service_arn: Option<String>,
+    /// ECS task ARNs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ecs_task_arns: Vec<String>,
+    /// ECS task definition ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition_arn: Option<String>,
+    /// Kubernetes namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes Deployment name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_deployment: Option<String>,
+    /// Kubernetes ReplicaSet name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_replica_set: Option<String>,
+    /// Pod names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_names: Vec<String>,
+    /// Container ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_ids: Vec<String>,
+    /// Local process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Local process command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_line: Vec<String>,
+    /// Local process start time (clock ticks since boot): with the pid, it identifies the
+    /// process even after the pid is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_start_time: Option<u64>,
+}
+
+impl ResourceIds {
+    /// True when nothing is identified.
+    pub fn is_empty(&self) -> bool {
+        *self == ResourceIds::default()
+    }
+}
+
+/// How far a running execution has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// A one-line description.
+    pub message: String,
+    /// Ready replicas, where the provider counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<u32>,
+    /// Desired replicas, where the provider counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<u32>,
+}
+
+/// One recorded state transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The state entered (or kept, for a note such as a failed attempt).
+    pub state: ExecutionState,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why, where there is something to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Everything known about one execution (`GetComputeExecution`, the `status` query).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionStatus {
+    /// The execution.
+    pub execution_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The operation.
+    pub operation: Operation,
+    /// The current state.
+    pub state: ExecutionState,
+    /// The caller's idempotency key, if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Progress while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// What the provider created or touched.
+    #[serde(default)]
+    pub resource_ids: ResourceIds,
+    /// Why it failed (or the last failed attempt while still pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ComputeError>,
+    /// Every transition, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    /// When the execution was recorded.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When the provider accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `finishedAt - createdAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The operation's timeout.
+    pub timeout_ms: u64,
+}
+
+/// What the start activities return at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionHandle {
+    /// The execution (deterministic: the same request gives the same id).
+    pub execution_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The operation.
+    pub operation: Operation,
+    /// The state when the activity returned; final if the caller attached after the end.
+    pub state: ExecutionState,
+    /// What the provider created.
+    #[serde(default)]
+    pub resource_ids: ResourceIds,
+    /// The tracker's workflow id (`compute-execution-<executionId>`), for queries.
+    pub tracker_workflow_id: String,
+    /// True when this request attached to an execution that already existed.
+    pub attached: bool,
+    /// The error, when the state is final and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ComputeError>,
+}
+
+/// The payload of every callback signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeCallback {
+    /// The execution.
+    pub execution_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The operation.
+    pub operation: Operation,
+    /// The reported state (`succeeded`, `failed`, `cancelled`, `timed_out`).
+    pub state: ExecutionState,
+    /// What the provider created.
+    #[serde(default)]
+    pub resource_ids: ResourceIds,
+    /// Absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ComputeError>,
+    /// When the execution was recorded.
+    pub started_at: DateTime<Utc>,
+    /// When it reached the reported state.
+    pub finished_at: DateTime<Utc>,
+    /// `finishedAt - startedAt`.
+    pub duration_ms: u64,
+    /// 1 for the first callback of this execution, 2 for the next (after a timeout), ...
+    pub sequence: u32,
+}
+
+impl ComputeCallback {
+    /// The callback reporting `status` as it is now.
+    pub fn from_status(status: &ExecutionStatus, sequence: u32) -> Self {
+        let finished_at = status.finished_at.unwrap_or(status.updated_at);
+        ComputeCallback {
+            execution_id: status.execution_id.clone(),
+            tenant_id: status.tenant_id.clone(),
+            operation: status.operation,
+            state: status.state,
+            resource_ids: status.resource_ids.clone(),
+            error: status.error.clone(),
+            started_at: status.created_at,
+            finished_at,
+            duration_ms: (finished_at - status.created_at).num_milliseconds().max(0) as u64,
+            sequence,
+        }
+    }
+
+    /// The signal that carries this callback.
+    pub fn signal_name(&self) -> &'static str {
+        if self.state == ExecutionState::Succeeded {
+            self.operation.success_signal()
+        } else {
+            crate::names::SIGNAL_FAILED
+        }
+    }
+}
+
+/// The current time at the millisecond precision the store keeps.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}

@@ -1,0 +1,17 @@
+//! compute-activities: the contract, the error table, the providers, the execution store and
+//! the activities of compute-worker.
+//!
+//! Workflow code (in `compute-workflows`) depends on this crate for the contract types and
+//! the activity definitions; nothing here depends on workflow code.
+
+pub mod activities;
+pub mod contract;
+pub mod error;
+pub mod names;
+pub mod provider;
+pub mod store;
+pub mod validate;
+
+pub use activities::ComputeActivities;
+
+pub use error::{ComputeError, ErrorCode};

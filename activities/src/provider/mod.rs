@@ -1,0 +1,100 @@
+//! The provider trait every backend implements, and the factory that picks one.
+//!
+//! A provider is idempotent by construction: provisioning what exists returns it, deleting
+//! what is gone succeeds. Every error it returns is already classified ([`ComputeError`]),
+//! at the place where the backend's own error is understood.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    contract::{ComputeSpec, Operation, Progress, ResourceIds},
+    error::{ComputeError, Result},
+};
+
+pub mod local;
+
+/// The execution a provider call belongs to (for names, tags and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationContext {
+    /// The execution.
+    pub execution_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The operation.
+    pub operation: Operation,
+}
+
+/// What the tenant has now, as the store knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CurrentState {
+    /// The spec last applied, if any.
+    pub spec: Option<ComputeSpec>,
+    /// The resources last recorded.
+    pub resource_ids: ResourceIds,
+}
+
+/// What an observation of an execution found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// Not there yet.
+    InProgress(Progress),
+    /// The desired state is reached; the final resource ids.
+    Succeeded(ResourceIds),
+    /// The operation failed for good.
+    Failed(ComputeError),
+}
+
+/// One backend (local processes, ECS, Kubernetes).
+#[async_trait]
+pub trait ComputeProvider: Send + Sync + 'static {
+    /// Short name used in errors and logs (`local`, `ecs`, `kubernetes`).
+    fn name(&self) -> &'static str;
+
+    /// Checks what only this provider cares about (the local provider needs a command, ECS an
+    /// image, ...). Returns `INVALID_CONFIGURATION` naming the field.
+    fn validate(&self, spec: &ComputeSpec) -> Result<()>;
+
+    /// Creates the tenant's compute, or returns what already exists for it.
+    async fn provision(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<ResourceIds>;
+
+    /// Moves the tenant's compute from `current` to `desired`.
+    async fn update(
+        &self,
+        op: &OperationContext,
+        current: &CurrentState,
+        desired: &ComputeSpec,
+    ) -> Result<ResourceIds>;
+
+    /// Removes the tenant's compute; succeeds when there is nothing to remove.
+    async fn delete(&self, op: &OperationContext, current: &CurrentState) -> Result<ResourceIds>;
+
+    /// Looks at an execution's resources once. A provider may wait up to its
+    /// [`poll_interval`](Self::poll_interval) for a change before answering.
+    async fn observe(&self, op: &OperationContext, resources: &ResourceIds) -> Result<Observation>;
+
+    /// How often the tracker should observe.
+    fn poll_interval(&self) -> Duration;
+}
+
+/// Which provider to run, chosen by `--provider`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ProviderConfig {
+    /// Local processes on this host.
+    Local(local::LocalConfig),
+}
+
+/// Builds the configured provider.
+pub async fn build(config: &ProviderConfig) -> Result<Arc<dyn ComputeProvider>> {
+    match config {
+        ProviderConfig::Local(c) => Ok(Arc::new(local::LocalProvider::new(c.clone())?)),
+    }
+}
+
+/// Default directory of the local provider's state.
+pub fn default_local_state_dir() -> PathBuf {
+    PathBuf::from(".compute-worker/local")
+}

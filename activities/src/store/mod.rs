@@ -1,0 +1,379 @@
+//! The execution store: tenants, executions and every state transition.
+//!
+//! One trait, [`ExecutionStore`], with one implementation per database (SQLite now; Postgres
+//! plugs in beside it). The rules every backend shares (how an execution id is derived, which
+//! transitions are allowed, what a transition does to the tenant) are plain functions here, so
+//! backends only store and load.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    contract::{
+        ComputeSpec, ExecutionState, ExecutionStatus, Operation, Progress, ResourceIds,
+        TenantState,
+    },
+    error::{Classification, ComputeError, ErrorCode},
+};
+
+#[cfg(test)]
+pub mod conformance;
+pub mod sqlite;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached, was busy or timed out: worth retrying.
+    #[error("the execution store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else the database said: a bug or a schema mismatch.
+    #[error("the execution store failed: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Migrations could not run.
+    #[error("the execution store's migrations failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored row did not decode.
+    #[error("a stored row is corrupt: {0}")]
+    Corrupt(String),
+    /// The database URL names no backend this build has.
+    #[error("unsupported database URL (expected sqlite://PATH or sqlite::memory:): {0}")]
+    UnsupportedUrl(String),
+    /// No such execution.
+    #[error("execution {0} does not exist")]
+    ExecutionNotFound(String),
+}
+
+impl StoreError {
+    /// Classifies a driver error at the source: connection trouble, pool timeouts and a busy
+    /// or locked database are transient; the rest is not.
+    pub fn from_sqlx(e: sqlx::Error) -> Self {
+        let transient = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6), possibly extended codes.
+                // Postgres: class 08 (connection), 40 (serialization, deadlock), 53, 57P.
+                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                let sqlite_busy = code
+                    .parse::<i64>()
+                    .map(|c| matches!(c & 0xff, 5 | 6))
+                    .unwrap_or(false);
+                sqlite_busy
+                    || ["08", "40", "53", "57P"]
+                        .iter()
+                        .any(|p| code.starts_with(p))
+            }
+            _ => false,
+        };
+        if transient {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+
+    /// The classified error an activity returns.
+    pub fn to_compute_error(&self) -> ComputeError {
+        match self {
+            StoreError::Unavailable(_) => ComputeError::new(
+                ErrorCode::StoreUnavailable,
+                "the execution store is unavailable",
+            )
+            .with_root_cause(self),
+            StoreError::ExecutionNotFound(id) => {
+                ComputeError::new(ErrorCode::NotFound, format!("execution {id} does not exist"))
+            }
+            _ => ComputeError::internal("the execution store failed").with_root_cause(self),
+        }
+    }
+}
+
+/// Result alias of the store layer.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A tenant as the store knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its state.
+    pub state: TenantState,
+    /// The spec last asked for (provision / update).
+    pub spec: Option<ComputeSpec>,
+    /// The resources last recorded.
+    pub resource_ids: ResourceIds,
+    /// The most recent execution.
+    pub last_execution_id: Option<String>,
+    /// Bumped by every new execution.
+    pub generation: i64,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One execution with what is needed to resume it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionRecord {
+    /// The status callers see.
+    pub status: ExecutionStatus,
+    /// The validated request (references only, never secret values).
+    pub request: Value,
+    /// Hash of the spec the execution was asked for.
+    pub spec_hash: String,
+}
+
+/// A request to record a new execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExecution {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The operation.
+    pub operation: Operation,
+    /// The caller's key, if any.
+    pub idempotency_key: Option<String>,
+    /// Hash of the desired spec (see [`spec_hash`]).
+    pub spec_hash: String,
+    /// The desired spec (provision / update).
+    pub spec: Option<ComputeSpec>,
+    /// The validated request.
+    pub request: Value,
+    /// The operation's timeout.
+    pub timeout: Duration,
+}
+
+/// What [`ExecutionStore::begin_execution`] found or made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeginOutcome {
+    /// The execution.
+    pub record: ExecutionRecord,
+    /// False when the request attached to an existing execution.
+    pub created: bool,
+    /// The tenant as it was before this request (current state for an update or delete).
+    pub previous_tenant: Option<TenantRecord>,
+}
+
+/// A change to an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The execution.
+    pub execution_id: String,
+    /// The state to enter (or keep, to add a note).
+    pub state: ExecutionState,
+    /// New resource ids, if they changed.
+    pub resource_ids: Option<ResourceIds>,
+    /// The error (failure, or a failed attempt while pending).
+    pub error: Option<ComputeError>,
+    /// Progress while running.
+    pub progress: Option<Progress>,
+    /// A note for the history.
+    pub message: Option<String>,
+}
+
+impl Transition {
+    /// A bare transition to `state`.
+    pub fn to(execution_id: &str, state: ExecutionState) -> Self {
+        Transition {
+            execution_id: execution_id.to_string(),
+            state,
+            resource_ids: None,
+            error: None,
+            progress: None,
+            message: None,
+        }
+    }
+}
+
+/// What [`ExecutionStore::transition`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionOutcome {
+    /// The execution after the call.
+    pub record: ExecutionRecord,
+    /// False when the transition was not allowed from the current state (for example a late
+    /// `running` after `succeeded`) and nothing changed: activities run at least once, so a
+    /// repeated transition must be harmless.
+    pub applied: bool,
+}
+
+/// The store every activity and the tracker use.
+#[async_trait]
+pub trait ExecutionStore: Send + Sync + 'static {
+    /// Finds the execution this request maps to, or records a new `pending` one (with its
+    /// first history row and the tenant's new state), atomically.
+    async fn begin_execution(&self, new: NewExecution) -> Result<BeginOutcome>;
+
+    /// One execution with its history.
+    async fn get_execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>>;
+
+    /// A tenant's executions, oldest first.
+    async fn list_executions(&self, tenant_id: &str) -> Result<Vec<ExecutionRecord>>;
+
+    /// Applies a transition (see [`ExecutionState::can_become`]) and what it does to the tenant.
+    async fn transition(&self, transition: Transition) -> Result<TransitionOutcome>;
+
+    /// One tenant.
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantRecord>>;
+
+    /// Forces a tenant's state (an operator or a policy's `abort`), with a note in the
+    /// history of `execution_id`.
+    async fn set_tenant_state(
+        &self,
+        tenant_id: &str,
+        state: TenantState,
+        execution_id: &str,
+        note: &str,
+    ) -> Result<()>;
+}
+
+/// Opens the store a database URL names and runs its migrations.
+pub async fn connect(url: &str) -> Result<Arc<dyn ExecutionStore>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(
+            url.split('@').next_back().unwrap_or_default().to_string(),
+        ))
+    }
+}
+
+fn hex(bytes: &[u8], n: usize) -> String {
+    bytes
+        .iter()
+        .take(n / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A stable hash of a spec (canonical JSON: maps are sorted).
+pub fn spec_hash(spec: Option<&ComputeSpec>) -> String {
+    let json = serde_json::to_vec(&spec).unwrap_or_default();
+    hex(&Sha256::digest(&json), 32)
+}
+
+/// The execution id of a request.
+///
+/// With an idempotency key: tenant + operation + key, whatever happened since. Without one:
+/// tenant + operation + spec hash + the tenant's generation, so repeating a request attaches
+/// to it while it is the tenant's latest, and the same spec after anything else in between
+/// (a delete, another update) is a new execution.
+pub fn derive_execution_id(
+    tenant_id: &str,
+    operation: Operation,
+    idempotency_key: Option<&str>,
+    spec_hash: &str,
+    generation: i64,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [tenant_id, operation.as_str()] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    match idempotency_key {
+        Some(key) => {
+            h.update(b"key\0");
+            h.update(key.as_bytes());
+        }
+        None => {
+            h.update(b"spec\0");
+            h.update(spec_hash.as_bytes());
+            h.update([0]);
+            h.update(generation.to_string().as_bytes());
+        }
+    }
+    format!("{tenant_id}-{}-{}", operation.as_str(), hex(&h.finalize(), 16))
+}
+
+/// Whether an unkeyed request attaches to the tenant's latest execution: same operation, same
+/// spec, no key, and not ended in failure (re-sending a failed request is a new attempt).
+pub fn attaches_to_latest(latest: &ExecutionRecord, new: &NewExecution) -> bool {
+    new.idempotency_key.is_none()
+        && latest.status.idempotency_key.is_none()
+        && latest.status.operation == new.operation
+        && latest.spec_hash == new.spec_hash
+        && !matches!(
+            latest.status.state,
+            ExecutionState::Failed | ExecutionState::Cancelled
+        )
+}
+
+/// The tenant's state when an operation starts.
+pub fn tenant_state_on_begin(operation: Operation) -> TenantState {
+    match operation {
+        Operation::Provision => TenantState::Provisioning,
+        Operation::Update => TenantState::Updating,
+        Operation::Delete => TenantState::Deleting,
+    }
+}
+
+/// The tenant's state after its latest execution enters `state`, if it changes.
+pub fn tenant_state_after(
+    operation: Operation,
+    state: ExecutionState,
+    error: Option<&ComputeError>,
+) -> Option<TenantState> {
+    match state {
+        ExecutionState::Succeeded => Some(match operation {
+            Operation::Provision | Operation::Update => TenantState::Active,
+            Operation::Delete => TenantState::Deleted,
+        }),
+        ExecutionState::Failed | ExecutionState::Cancelled => Some(
+            if error.map(|e| e.classification) == Some(Classification::RequiresManualIntervention)
+            {
+                TenantState::RequiresManualIntervention
+            } else {
+                TenantState::Failed
+            },
+        ),
+        ExecutionState::Pending | ExecutionState::Running | ExecutionState::TimedOut => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_ids_are_deterministic_and_distinct() {
+        let a = derive_execution_id("t", Operation::Provision, Some("k"), "h1", 1);
+        assert_eq!(a, derive_execution_id("t", Operation::Provision, Some("k"), "h2", 9));
+        assert_ne!(a, derive_execution_id("t", Operation::Update, Some("k"), "h1", 1));
+        assert_ne!(a, derive_execution_id("u", Operation::Provision, Some("k"), "h1", 1));
+        let b = derive_execution_id("t", Operation::Provision, None, "h1", 1);
+        assert_eq!(b, derive_execution_id("t", Operation::Provision, None, "h1", 1));
+        assert_ne!(b, derive_execution_id("t", Operation::Provision, None, "h1", 2));
+        assert_ne!(b, derive_execution_id("t", Operation::Provision, None, "h2", 1));
+        assert!(b.starts_with("t-provision-") && b.len() == "t-provision-".len() + 16);
+    }
+
+    #[test]
+    fn spec_hash_ignores_nothing_that_matters() {
+        let mut s = ComputeSpec {
+            command: vec!["sleep".into()],
+            ..Default::default()
+        };
+        let h1 = spec_hash(Some(&s));
+        s.args = vec!["1".into()];
+        assert_ne!(h1, spec_hash(Some(&s)));
+        assert_ne!(spec_hash(None), h1);
+    }
+
+    #[test]
+    fn tenant_states_follow_operations() {
+        let manual = ComputeError::new(ErrorCode::PartialFailure, "x");
+        let plain = ComputeError::new(ErrorCode::WorkloadFailed, "x");
+        use ExecutionState::*;
+        assert_eq!(tenant_state_after(Operation::Provision, Succeeded, None), Some(TenantState::Active));
+        assert_eq!(tenant_state_after(Operation::Delete, Succeeded, None), Some(TenantState::Deleted));
+        assert_eq!(tenant_state_after(Operation::Update, Failed, Some(&plain)), Some(TenantState::Failed));
+        assert_eq!(
+            tenant_state_after(Operation::Update, Failed, Some(&manual)),
+            Some(TenantState::RequiresManualIntervention)
+        );
+        assert_eq!(tenant_state_after(Operation::Provision, TimedOut, None), None);
+    }
+}

@@ -1,0 +1,239 @@
+//! The compute-worker application: configuration, wiring and the worker's run loop.
+//!
+//! `main.rs` only parses the command line; everything else is here so that tests start the
+//! same application.
+
+pub mod telemetry;
+
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use compute_activities::{
+    ComputeActivities,
+    activities::ActivitySettings,
+    names,
+    provider::{self, ProviderConfig, local::LocalConfig},
+    store,
+};
+use compute_workflows::{tenant::TenantComputeWorkflow, tracker::ComputeExecutionTracker};
+use temporalio_client::{
+    Client, ClientOptions, Connection, envconfig::LoadClientConfigProfileOptions, tonic,
+};
+use temporalio_common::protos::temporal::api::{
+    enums::v1::IndexedValueType,
+    operatorservice::v1::{AddSearchAttributesRequest, ListSearchAttributesRequest},
+};
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+use crate::telemetry::LogFormat;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "compute-worker", version, about = "Provisions, updates and deletes tenants' compute for Temporal workflows.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker until SIGTERM or Ctrl-C. The Temporal connection comes from the SDK's
+    /// environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY,
+    /// TLS variables or a temporal.toml profile).
+    Run(RunArgs),
+    /// Print the error codes with their classes and the RetryPolicy callers should use, as JSON.
+    RetryPolicy,
+}
+
+/// Which provider runs the compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderKind {
+    /// Local processes on this host.
+    Local,
+}
+
+/// Settings of `compute-worker run`; each flag also reads an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The task queue callers use.
+    #[arg(long, env = "COMPUTE_TASK_QUEUE", default_value = names::DEFAULT_TASK_QUEUE)]
+    pub task_queue: String,
+    /// The provider.
+    #[arg(long, env = "COMPUTE_PROVIDER", value_enum, default_value = "local")]
+    pub provider: ProviderKind,
+    /// The execution store (`sqlite://PATH` or `sqlite::memory:`).
+    #[arg(long, env = "COMPUTE_DATABASE_URL", default_value = "sqlite://compute-worker.db")]
+    pub database: String,
+    /// Timeout of operations whose request gives none.
+    #[arg(long, env = "COMPUTE_DEFAULT_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub default_timeout: Duration,
+    /// Local provider: where workloads' records and logs live.
+    #[arg(long, env = "COMPUTE_LOCAL_STATE_DIR", default_value = ".compute-worker/local")]
+    pub local_state_dir: PathBuf,
+    /// Local provider: how long a workload must stay up to count as healthy.
+    #[arg(long, env = "COMPUTE_LOCAL_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub local_settle: Duration,
+    /// Local provider: how long a workload gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "COMPUTE_LOCAL_STOP_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub local_stop_grace: Duration,
+    /// Log format.
+    #[arg(long, env = "COMPUTE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Everything the worker needs, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The task queue.
+    pub task_queue: String,
+    /// The provider and its settings.
+    pub provider: ProviderConfig,
+    /// The store's URL.
+    pub database_url: String,
+    /// Default operation timeout.
+    pub default_timeout: Duration,
+}
+
+impl RunArgs {
+    /// Resolves the settings.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let provider = match self.provider {
+            ProviderKind::Local => ProviderConfig::Local(LocalConfig {
+                state_dir: self.local_state_dir.clone(),
+                settle_ms: self.local_settle.as_millis() as u64,
+                stop_grace_ms: self.local_stop_grace.as_millis() as u64,
+                ..LocalConfig::default()
+            }),
+        };
+        Ok(Settings {
+            task_queue: self.task_queue.clone(),
+            provider,
+            database_url: self.database.clone(),
+            default_timeout: self.default_timeout,
+        })
+    }
+}
+
+/// Resolves when the process gets SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C will stop the worker.");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down."),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received; shutting down."),
+    }
+}
+
+/// Connects to Temporal with the SDK's environment configuration.
+pub async fn connect_temporal() -> anyhow::Result<Client> {
+    let (conn_opts, client_opts) =
+        ClientOptions::load_from_config(LoadClientConfigProfileOptions::default())
+            .map_err(|e| anyhow!("invalid Temporal client configuration: {e}"))?;
+    let connection = Connection::connect(conn_opts)
+        .await
+        .context("cannot connect to Temporal (set TEMPORAL_ADDRESS)")?;
+    Client::new(connection, client_opts).context("cannot build the Temporal client")
+}
+
+/// Registers the `TenantId` keyword search attribute on the namespace if it is missing:
+/// without it every workflow that sets it would fail its tasks.
+pub async fn ensure_search_attribute(client: &Client) -> anyhow::Result<()> {
+    let namespace = client.options().namespace.clone();
+    let mut operator = client.connection().operator_service();
+    let existing = operator
+        .list_search_attributes(tonic::Request::new(ListSearchAttributesRequest {
+            namespace: namespace.clone(),
+        }))
+        .await
+        .context("cannot list the namespace's search attributes")?
+        .into_inner();
+    if existing
+        .custom_attributes
+        .contains_key(names::TENANT_ID_SEARCH_ATTRIBUTE)
+    {
+        return Ok(());
+    }
+    let result = operator
+        .add_search_attributes(tonic::Request::new(AddSearchAttributesRequest {
+            search_attributes: [(
+                names::TENANT_ID_SEARCH_ATTRIBUTE.to_string(),
+                IndexedValueType::Keyword as i32,
+            )]
+            .into(),
+            namespace,
+        }))
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        // Another worker registered it first.
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(anyhow!(
+            "cannot register the {} search attribute ({}); register it with \
+             `temporal operator search-attribute create --name {} --type Keyword`",
+            names::TENANT_ID_SEARCH_ATTRIBUTE,
+            s.message(),
+            names::TENANT_ID_SEARCH_ATTRIBUTE
+        )),
+    }
+}
+
+/// Runs the worker until `shutdown` resolves, then stops gracefully (in-flight activities
+/// finish or are handed back to Temporal).
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = store::connect(&settings.database_url)
+        .await
+        .with_context(|| "cannot open the execution store".to_string())?;
+    let provider = provider::build(&settings.provider)
+        .await
+        .map_err(|e| anyhow!("cannot start the provider: {e}"))?;
+    let client = connect_temporal().await?;
+    ensure_search_attribute(&client).await?;
+
+    let activities = ComputeActivities::new(
+        store,
+        Arc::clone(&provider),
+        ActivitySettings {
+            task_queue: settings.task_queue.clone(),
+            default_timeout: settings.default_timeout,
+            ..ActivitySettings::default()
+        },
+    );
+    let runtime = Runtime::from_current_tokio(Default::default())
+        .map_err(|e| anyhow!("cannot start the Temporal runtime: {e}"))?;
+    let options = WorkerOptions::new(settings.task_queue.clone())
+        .register_activities(activities)
+        .register_workflow::<ComputeExecutionTracker>()?
+        .register_workflow::<TenantComputeWorkflow>()?
+        .build();
+    let mut worker = Worker::new(&runtime, client, options)
+        .map_err(|e| anyhow!("cannot create the worker: {e}"))?;
+    let stop = worker.shutdown_handle();
+    tracing::info!(
+        task_queue = %settings.task_queue,
+        provider = provider.name(),
+        "Worker started."
+    );
+    // Worker::run is not Send: it runs here, on the main task, raced against the shutdown.
+    let run = worker.run();
+    tokio::pin!(run);
+    let result = tokio::select! {
+        r = &mut run => r,
+        _ = shutdown => {
+            stop();
+            run.await
+        }
+    };
+    result.map_err(|e| anyhow!("the worker stopped with an error: {e}"))?;
+    tracing::info!("Worker stopped.");
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! compute-worker: a Temporal worker that provisions, updates and deletes tenants' compute.
+
+use clap::Parser;
+use compute_worker::{Cli, Command, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            telemetry::init(args.log_format)?;
+            compute_worker::run(args.settings()?, compute_worker::shutdown_signal()).await
+        }
+        Command::RetryPolicy => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&compute_activities::error::retry_policy_document())?
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! `TenantComputeWorkflow`: the ready-made caller. It runs one operation under a declared
+//! policy, waits for the callback (polling the store when the callback is late), and returns
+//! the final `ExecutionStatus` or fails with the `ComputeError`.
+
+// The workflow macros generate undocumented constants for every method.
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use compute_activities::{
+    ComputeActivities, ComputeError, ErrorCode,
+    activities::{InterventionInput, TENANT_ID_KEY},
+    contract::{ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus, Operation},
+    names, validate,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{
+    ActivityExecutionError, ActivityOptions, CancellableFuture, SyncWorkflowContext,
+    WorkflowContext, WorkflowContextView, WorkflowResult,
+};
+
+use crate::{
+    compute_error_of,
+    policy::{OnError, Policy, TenantComputeInput, parse_input},
+    terminate,
+};
+
+/// What the `status` query of `TenantComputeWorkflow` answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantComputeView {
+    /// `provision`, `update` or `delete` (absent if the input was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    /// The tenant, when the request names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// What the workflow is doing: `starting`, `waiting`, `polling`, `backoff`,
+    /// `rolling_back`, `aborting`, `succeeded`, `failed`.
+    pub phase: String,
+    /// The operation attempt (1-based).
+    pub attempt: u32,
+    /// The current execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// Its last known state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ExecutionState>,
+    /// Every distinct callback received, in arrival order.
+    pub callbacks: Vec<ComputeCallback>,
+    /// Callbacks dropped as duplicates of (executionId, state), or unreadable.
+    pub duplicate_callbacks_ignored: u32,
+    /// The final or latest status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<ExecutionStatus>,
+    /// The error that ended it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ComputeError>,
+}
+
+/// The ready-made caller workflow.
+#[workflow]
+pub struct TenantComputeWorkflow {
+    raw_input: Value,
+    view: TenantComputeView,
+}
+
+fn start_options(policy: &Policy) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+        .retry_policy(policy.retry_policy())
+        .build()
+}
+
+fn read_options(policy: &Policy) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(policy.retry_policy())
+        .build()
+}
+
+/// The request for operation attempt `attempt`: attempt 1 is the caller's request as is;
+/// later attempts get their own idempotency key so they are new executions.
+fn request_for_attempt(request: &Value, attempt: u32, workflow_id: &str) -> Value {
+    let mut request = request.clone();
+    if attempt > 1
+        && let Some(obj) = request.as_object_mut()
+    {
+        let base = obj
+            .get("idempotencyKey")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| workflow_id.to_string());
+        obj.insert(
+            "idempotencyKey".into(),
+            Value::String(format!("{base}#attempt-{attempt}")),
+        );
+    }
+    request
+}
+
+#[workflow_methods]
+impl TenantComputeWorkflow {
+    /// Keeps the raw input: it is validated in `run`, so a bad input fails the workflow with
+    /// `INVALID_CONFIGURATION` instead of failing its task forever.
+    #[init]
+    pub fn new(_ctx: &WorkflowContextView, input: Value) -> Self {
+        TenantComputeWorkflow {
+            raw_input: input,
+            view: TenantComputeView {
+                phase: "starting".into(),
+                attempt: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Runs the operation to its end under the declared policy.
+    #[run(name = names::TENANT_COMPUTE_WORKFLOW)]
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
+        let raw = ctx.state(|s| s.raw_input.clone());
+        let input = match parse_input(&raw) {
+            Ok(i) => i,
+            Err(e) => return Err(Self::finish_failed(ctx, e)),
+        };
+        let tenant_id = input
+            .request
+            .get("tenantId")
+            .and_then(Value::as_str)
+            .filter(|t| validate::is_dns1123_label(t))
+            .map(str::to_string);
+        if let Some(t) = &tenant_id {
+            ctx.upsert_search_attributes([TENANT_ID_KEY.value_set(t.clone())]);
+        }
+        ctx.state_mut(|s| {
+            s.view.operation = Some(input.operation);
+            s.view.tenant_id = tenant_id;
+        });
+
+        let policy = input.policy.clone();
+        let mut attempt = 1u32;
+        // Bumped only when an execution ended in failure: a new execution needs a new key,
+        // while a start activity that merely failed to reach the provider retries the same one.
+        let mut key_attempt = 1u32;
+        // Set when a TIMEOUT is retried: keep waiting for the same execution.
+        let mut reattach: Option<String> = None;
+        loop {
+            ctx.state_mut(|s| s.view.attempt = attempt);
+            let result = match reattach.take() {
+                Some(execution_id) => Self::await_final(ctx, &policy, &execution_id, true).await,
+                None => Self::run_once(ctx, &input, key_attempt).await,
+            };
+            let (execution_id, state, error) = match result {
+                Ok(status) if status.state == ExecutionState::Succeeded => {
+                    ctx.state_mut(|s| {
+                        s.view.phase = "succeeded".into();
+                        s.view.state = Some(status.state);
+                        s.view.last_status = Some(status.clone());
+                    });
+                    return Ok(status);
+                }
+                Ok(status) => {
+                    let code = match status.state {
+                        ExecutionState::TimedOut => ErrorCode::Timeout,
+                        ExecutionState::Cancelled => ErrorCode::Cancelled,
+                        _ => ErrorCode::Internal,
+                    };
+                    let error = status.error.clone().unwrap_or_else(|| {
+                        ComputeError::new(code, format!("the execution ended {}", status.state))
+                    });
+                    ctx.state_mut(|s| s.view.last_status = Some(status.clone()));
+                    (Some(status.execution_id), Some(status.state), error)
+                }
+                Err(e) => (ctx.state(|s| s.view.execution_id.clone()), None, e),
+            };
+            match policy.action(error.code) {
+                Some(OnError::Retry) if attempt < policy.max_attempts => {
+                    if state == Some(ExecutionState::TimedOut) {
+                        reattach = execution_id;
+                    } else {
+                        if state.is_some() {
+                            key_attempt += 1;
+                        }
+                        ctx.state_mut(|s| s.view.phase = "backoff".into());
+                        ctx.timer(policy.backoff(attempt)).await;
+                    }
+                    attempt += 1;
+                }
+                Some(OnError::Rollback) => {
+                    ctx.state_mut(|s| s.view.phase = "rolling_back".into());
+                    if let Err(rollback_error) = Self::rollback(ctx, &input).await {
+                        let mut e = error;
+                        e.root_cause = Some(format!(
+                            "{}; the rollback failed too: {}",
+                            e.root_cause.unwrap_or_default(),
+                            rollback_error
+                        ));
+                        return Err(Self::finish_failed(ctx, e));
+                    }
+                    return Err(Self::finish_failed(ctx, error));
+                }
+                Some(OnError::Abort) => {
+                    ctx.state_mut(|s| s.view.phase = "aborting".into());
+                    let tenant_id = ctx.state(|s| s.view.tenant_id.clone());
+                    if let (Some(tenant_id), Some(execution_id)) = (tenant_id, execution_id) {
+                        ctx.execute_activity(
+                            ComputeActivities::mark_tenant_requires_intervention,
+                            InterventionInput {
+                                tenant_id,
+                                execution_id,
+                                reason: format!("{}: {}", error.code, error.message),
+                            },
+                            read_options(&policy),
+                        )
+                        .await
+                        .map_err(|e| Self::finish_failed(ctx, compute_error_of(&e)))?;
+                    }
+                    return Err(Self::finish_failed(ctx, error));
+                }
+                _ => return Err(Self::finish_failed(ctx, error)),
+            }
+        }
+    }
+
+    /// Starts the operation once and waits for its end.
+    async fn run_once(
+        ctx: &WorkflowContext<Self>,
+        input: &TenantComputeInput,
+        key_attempt: u32,
+    ) -> Result<ExecutionStatus, ComputeError> {
+        ctx.state_mut(|s| s.view.phase = "starting".into());
+        let request = request_for_attempt(&input.request, key_attempt, ctx.workflow_id());
+        let options = start_options(&input.policy);
+        let handle: Result<ExecutionHandle, ActivityExecutionError> = match input.operation {
+            Operation::Provision => {
+                ctx.execute_activity(ComputeActivities::provision_tenant_compute, request, options)
+                    .await
+            }
+            Operation::Update => {
+                ctx.execute_activity(ComputeActivities::update_tenant_compute, request, options)
+                    .await
+            }
+            Operation::Delete => {
+                ctx.execute_activity(ComputeActivities::delete_tenant_compute, request, options)
+                    .await
+            }
+        };
+        let handle = handle.map_err(|e| compute_error_of(&e))?;
+        ctx.state_mut(|s| {
+            s.view.execution_id = Some(handle.execution_id.clone());
+            s.view.state = Some(handle.state);
+        });
+        if handle.state.is_final() {
+            return Self::read_status(ctx, &input.policy, &handle.execution_id).await;
+        }
+        Self::await_final(ctx, &input.policy, &handle.execution_id, false).await
+    }
+
+    /// Waits for a final (or, unless `past_timeout`, a timed-out) callback of the execution;
+    /// polls the store each time `callbackTimeout` passes without one.
+    async fn await_final(
+        ctx: &WorkflowContext<Self>,
+        policy: &Policy,
+        execution_id: &str,
+        past_timeout: bool,
+    ) -> Result<ExecutionStatus, ComputeError> {
+        let wanted = move |state: ExecutionState| {
+            state.is_final() || (!past_timeout && state == ExecutionState::TimedOut)
+        };
+        loop {
+            ctx.state_mut(|s| s.view.phase = "waiting".into());
+            let id = execution_id.to_string();
+            let mut timer = ctx.timer(policy.callback_timeout);
+            let got_callback = temporalio_sdk::workflows::select! {
+                r = ctx.wait_condition(move |s: &Self| {
+                    s.view.callbacks.iter().any(|c| c.execution_id == id && wanted(c.state))
+                }) => r.is_ok(),
+                _ = &mut timer => false,
+            };
+            if got_callback {
+                timer.cancel();
+            } else {
+                ctx.state_mut(|s| s.view.phase = "polling".into());
+            }
+            // The store has the full status (history included); the tracker records the state
+            // before it sends the callback, so it is there either way.
+            let status = Self::read_status(ctx, policy, execution_id).await?;
+            ctx.state_mut(|s| {
+                s.view.state = Some(status.state);
+                s.view.last_status = Some(status.clone());
+            });
+            if wanted(status.state) {
+                return Ok(status);
+            }
+        }
+    }
+
+    async fn read_status(
+        ctx: &WorkflowContext<Self>,
+        policy: &Policy,
+        execution_id: &str,
+    ) -> Result<ExecutionStatus, ComputeError> {
+        ctx.execute_activity(
+            ComputeActivities::get_compute_execution,
+            serde_json::json!({ "executionId": execution_id }),
+            read_options(policy),
+        )
+        .await
+        .map_err(|e| compute_error_of(&e))
+    }
+
+    /// `rollback`: deletes the tenant's compute and waits for the delete to end.
+    async fn rollback(
+        ctx: &WorkflowContext<Self>,
+        input: &TenantComputeInput,
+    ) -> Result<(), ComputeError> {
+        let tenant_id = input.request.get("tenantId").cloned().unwrap_or(Value::Null);
+        let request = serde_json::json!({
+            "tenantId": tenant_id,
+            "idempotencyKey": format!("{}#rollback", ctx.workflow_id()),
+        });
+        let handle = ctx
+            .execute_activity(
+                ComputeActivities::delete_tenant_compute,
+                request,
+                start_options(&input.policy),
+            )
+            .await
+            .map_err(|e| compute_error_of(&e))?;
+        let status = if handle.state.is_final() {
+            Self::read_status(ctx, &input.policy, &handle.execution_id).await?
+        } else {
+            Self::await_final(ctx, &input.policy, &handle.execution_id, true).await?
+        };
+        match status.error {
+            Some(e) if status.state != ExecutionState::Succeeded => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn finish_failed(
+        ctx: &WorkflowContext<Self>,
+        error: ComputeError,
+    ) -> temporalio_sdk::WorkflowTermination {
+        ctx.state_mut(|s| {
+            s.view.phase = "failed".into();
+            s.view.error = Some(error.clone());
+        });
+        terminate(error)
+    }
+
+    fn on_callback(&mut self, payload: Value) {
+        // A malformed signal must not fail the workflow task: count it and move on.
+        let Ok(cb) = serde_json::from_value::<ComputeCallback>(payload) else {
+            self.view.duplicate_callbacks_ignored += 1;
+            return;
+        };
+        if self
+            .view
+            .callbacks
+            .iter()
+            .any(|c| c.execution_id == cb.execution_id && c.state == cb.state)
+        {
+            self.view.duplicate_callbacks_ignored += 1;
+        } else {
+            self.view.callbacks.push(cb);
+        }
+    }
+
+    /// `compute-provisioned`.
+    #[signal(name = names::SIGNAL_PROVISIONED)]
+    pub fn compute_provisioned(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+        self.on_callback(cb);
+    }
+
+    /// `compute-updated`.
+    #[signal(name = names::SIGNAL_UPDATED)]
+    pub fn compute_updated(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+        self.on_callback(cb);
+    }
+
+    /// `compute-deleted`.
+    #[signal(name = names::SIGNAL_DELETED)]
+    pub fn compute_deleted(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+        self.on_callback(cb);
+    }
+
+    /// `compute-failed`.
+    #[signal(name = names::SIGNAL_FAILED)]
+    pub fn compute_failed(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+        self.on_callback(cb);
+    }
+
+    /// `status`: phase, attempt, execution, callbacks received.
+    #[query(name = names::STATUS_QUERY)]
+    pub fn status(&self, _ctx: &WorkflowContextView) -> TenantComputeView {
+        self.view.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn later_attempts_get_their_own_key() {
+        let r = json!({"tenantId": "a"});
+        assert_eq!(request_for_attempt(&r, 1, "wf"), r);
+        assert_eq!(request_for_attempt(&r, 2, "wf")["idempotencyKey"], "wf#attempt-2");
+        let k = json!({"tenantId": "a", "idempotencyKey": "k"});
+        assert_eq!(request_for_attempt(&k, 3, "wf")["idempotencyKey"], "k#attempt-3");
+    }
+}
