@@ -830,6 +830,22 @@ impl LocalProvider {
         let deadline = Instant::now() + self.poll_interval();
         loop {
             if !identity.is_live() {
+                // A concurrent operation on the tenant may have replaced this process: that is
+                // a conflict a retry resolves, not a crash of the workload.
+                if let Some(current) = self.read_record(&op.tenant_id).await.ok().flatten()
+                    && current.identity() != identity
+                    && current.execution_id != op.execution_id
+                    && current.identity().is_live()
+                {
+                    return Ok(Observation::Failed(local_error(
+                        ErrorCode::Conflict,
+                        format!(
+                            "the process was replaced by a concurrent operation ({})",
+                            current.execution_id
+                        ),
+                        "Superseded",
+                    )));
+                }
                 let error = self.workload_failure(op, identity, record.as_ref()).await;
                 return Ok(Observation::Failed(error));
             }
