@@ -30,7 +30,11 @@ use crate::telemetry::LogFormat;
 
 /// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "compute-worker", version, about = "Provisions, updates and deletes tenants' compute for Temporal workflows.")]
+#[command(
+    name = "compute-worker",
+    version,
+    about = "Provisions, updates and deletes tenants' compute for Temporal workflows."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -65,13 +69,21 @@ pub struct RunArgs {
     #[arg(long, env = "COMPUTE_PROVIDER", value_enum, default_value = "local")]
     pub provider: ProviderKind,
     /// The execution store (`sqlite://PATH` or `sqlite::memory:`).
-    #[arg(long, env = "COMPUTE_DATABASE_URL", default_value = "sqlite://compute-worker.db")]
+    #[arg(
+        long,
+        env = "COMPUTE_DATABASE_URL",
+        default_value = "sqlite://compute-worker.db"
+    )]
     pub database: String,
     /// Timeout of operations whose request gives none.
     #[arg(long, env = "COMPUTE_DEFAULT_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub default_timeout: Duration,
     /// Local provider: where workloads' records and logs live.
-    #[arg(long, env = "COMPUTE_LOCAL_STATE_DIR", default_value = ".compute-worker/local")]
+    #[arg(
+        long,
+        env = "COMPUTE_LOCAL_STATE_DIR",
+        default_value = ".compute-worker/local"
+    )]
     pub local_state_dir: PathBuf,
     /// Local provider: how long a workload must stay up to count as healthy.
     #[arg(long, env = "COMPUTE_LOCAL_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -119,8 +131,7 @@ impl RunArgs {
 
 /// Resolves when the process gets SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C will stop the worker.");

@@ -158,7 +158,11 @@ fn handle_of(record: &ExecutionRecord, attached: bool) -> ExecutionHandle {
         resource_ids: s.resource_ids.clone(),
         tracker_workflow_id: names::tracker_workflow_id(&s.execution_id),
         attached,
-        error: if s.state.is_final() { s.error.clone() } else { None },
+        error: if s.state.is_final() {
+            s.error.clone()
+        } else {
+            None
+        },
     }
 }
 
@@ -198,7 +202,11 @@ impl ComputeActivities {
         }
     }
 
-    fn parse_start(&self, operation: Operation, input: &Value) -> Result<StartRequest, ComputeError> {
+    fn parse_start(
+        &self,
+        operation: Operation,
+        input: &Value,
+    ) -> Result<StartRequest, ComputeError> {
         // Plain data: serializing it cannot fail.
         fn to_value<T: Serialize>(v: &T) -> Value {
             serde_json::to_value(v).unwrap_or(Value::Null)
@@ -419,7 +427,10 @@ impl ComputeActivities {
         let mut last_progress = input.known_progress.clone();
         loop {
             if ctx.is_cancelled() {
-                return Err(ComputeError::new(ErrorCode::Cancelled, "the watch was cancelled"));
+                return Err(ComputeError::new(
+                    ErrorCode::Cancelled,
+                    "the watch was cancelled",
+                ));
             }
             let record = match self.store.get_execution(&input.execution_id).await {
                 Ok(Some(r)) => r,
@@ -446,7 +457,9 @@ impl ComputeActivities {
                     // A flaky observation is not the operation failing: keep watching; the
                     // tracker's timeout bounds how long.
                     e.log("Observing the provider");
-                    let _ = ctx.record_heartbeat(status.state.as_str().to_string()).await;
+                    let _ = ctx
+                        .record_heartbeat(status.state.as_str().to_string())
+                        .await;
                     tokio::time::sleep(self.provider.poll_interval()).await;
                     continue;
                 }
@@ -519,10 +532,7 @@ impl ComputeActivities {
                 // The same request id for the same (execution, state) lets the server drop a
                 // duplicate sent by a retried attempt.
                 let options = WorkflowSignalOptions::builder()
-                    .request_id(format!(
-                        "{}:{}:{}",
-                        cb.execution_id, cb.state, cb.sequence
-                    ))
+                    .request_id(format!("{}:{}:{}", cb.execution_id, cb.state, cb.sequence))
                     .build();
                 match handle
                     .signal(UntypedSignal::new(cb.signal_name()), payload, options)
@@ -613,7 +623,8 @@ mod definitions {
             _ctx: ActivityContext,
             input: Value,
         ) -> Result<ExecutionStatus, ActivityError> {
-            let id = validate::execution_id(&input).map_err(|e| fail(e, "Validating the request"))?;
+            let id =
+                validate::execution_id(&input).map_err(|e| fail(e, "Validating the request"))?;
             self.get_status(&id)
                 .await
                 .map_err(|e| fail(e, "Reading the execution"))
@@ -626,7 +637,8 @@ mod definitions {
             _ctx: ActivityContext,
             input: Value,
         ) -> Result<Vec<ExecutionStatus>, ActivityError> {
-            let tenant = validate::tenant_only(&input).map_err(|e| fail(e, "Validating the request"))?;
+            let tenant =
+                validate::tenant_only(&input).map_err(|e| fail(e, "Validating the request"))?;
             self.store
                 .list_executions(&tenant)
                 .await
@@ -721,7 +733,10 @@ mod definitions {
                     &input.tenant_id,
                     TenantState::RequiresManualIntervention,
                     &input.execution_id,
-                    &format!("tenant marked requires_manual_intervention: {}", input.reason),
+                    &format!(
+                        "tenant marked requires_manual_intervention: {}",
+                        input.reason
+                    ),
                 )
                 .await
                 .map_err(|e| fail(store_err(e), "Marking the tenant"))

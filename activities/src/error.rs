@@ -303,7 +303,7 @@ pub fn retry_policy_document() -> RetryPolicyDocument {
 /// Formats a duration as Temporal's JSON does (`"1.5s"`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}s", d.as_secs_f64())

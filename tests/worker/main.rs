@@ -44,7 +44,10 @@ async fn provision_signals_the_caller_and_is_idempotent() {
     assert_eq!(cb["tenantId"], "prov");
     assert_eq!(cb["operation"], "provision");
     assert_eq!(pid_of(cb), pid);
-    assert!(cb["durationMs"].as_u64().unwrap() >= 300, "settle time counted");
+    assert!(
+        cb["durationMs"].as_u64().unwrap() >= 300,
+        "settle time counted"
+    );
 
     // The same request again: the same execution, still one process.
     let again = worker
@@ -55,13 +58,38 @@ async fn provision_signals_the_caller_and_is_idempotent() {
     assert_eq!(processes_with(marker).len(), 1);
 
     // The operator's view: the CLI queries both workflows and lists by tenant.
-    let tracker_id = format!("compute-execution-{}", status["executionId"].as_str().unwrap());
-    let out = cli(&["workflow", "query", "-w", &tracker_id, "--name", "status", "-o", "json"]).unwrap();
-    assert!(out.contains("\"succeeded\"") && out.contains(&pid.to_string()), "{out}");
-    let out = cli(&["workflow", "query", "-w", "prov-1", "--name", "status", "-o", "json"]).unwrap();
-    assert!(out.contains("\"phase\": \"succeeded\"") || out.contains("\"phase\":\"succeeded\""), "{out}");
+    let tracker_id = format!(
+        "compute-execution-{}",
+        status["executionId"].as_str().unwrap()
+    );
+    let out = cli(&[
+        "workflow",
+        "query",
+        "-w",
+        &tracker_id,
+        "--name",
+        "status",
+        "-o",
+        "json",
+    ])
+    .unwrap();
+    assert!(
+        out.contains("\"succeeded\"") && out.contains(&pid.to_string()),
+        "{out}"
+    );
+    let out = cli(&[
+        "workflow", "query", "-w", "prov-1", "--name", "status", "-o", "json",
+    ])
+    .unwrap();
+    assert!(
+        out.contains("\"phase\": \"succeeded\"") || out.contains("\"phase\":\"succeeded\""),
+        "{out}"
+    );
     let listed = cli(&["workflow", "list", "--query", "TenantId='prov'"]).unwrap();
-    assert!(listed.contains("prov-1") && listed.contains(&tracker_id), "{listed}");
+    assert!(
+        listed.contains("prov-1") && listed.contains(&tracker_id),
+        "{listed}"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +107,12 @@ async fn a_workload_that_exits_at_once_fails_the_operation_and_the_tenant() {
     assert_eq!(details["classification"], "non_retriable");
     assert_eq!(details["retriable"], false);
     assert_eq!(details["exitCode"], 3);
-    assert!(details["stderrTail"].as_str().unwrap().contains("out of memory"));
+    assert!(
+        details["stderrTail"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory")
+    );
 
     // The caller got compute-failed carrying the same error.
     let view = query_status(&client, "exits-1").await;
@@ -100,22 +133,66 @@ async fn bad_input_fails_once_with_invalid_configuration_and_creates_nothing() {
     let ok_spec = json!({"command": ["sleep", "1"]});
     let cases = vec![
         ("ProvisionTenantCompute", json!("{not json"), "input"),
-        ("ProvisionTenantCompute", json!({"spec": ok_spec}), "tenantId"),
+        (
+            "ProvisionTenantCompute",
+            json!({"spec": ok_spec}),
+            "tenantId",
+        ),
         ("ProvisionTenantCompute", json!({"tenantId": "t1"}), "spec"),
-        ("ProvisionTenantCompute", json!({"tenantId": 42, "spec": ok_spec}), "tenantId"),
-        ("ProvisionTenantCompute", json!({"tenantId": "Bad_Tenant", "spec": ok_spec}), "tenantId"),
-        ("ProvisionTenantCompute", json!({"tenantId": "a".repeat(64), "spec": ok_spec}), "tenantId"),
-        ("ProvisionTenantCompute", json!({"tenantId": "t1", "spec": {"command": []}}), "spec.command"),
-        ("ProvisionTenantCompute", json!({"tenantId": "t1", "spec": {"command": "sleep 1"}}), "spec.command"),
-        ("ProvisionTenantCompute", json!({"tenantId": "t1", "spec": {"command": ["sleep"], "cpu": "lots"}}), "spec.cpu"),
-        ("ProvisionTenantCompute", json!({"tenantId": "t1", "spec": {"command": ["sleep"], "image": "Not An Image"}}), "spec.image"),
-        ("ProvisionTenantCompute", json!({"tenantId": "t1", "spec": {"command": ["sleep"],
-            "secrets": [{"name": "DB_PASSWORD", "value": decoy}]}}), "spec.secrets[0].value"),
-        ("UpdateTenantCompute", json!({"tenantId": "t1", "spec": {"command": ["sleep"],
-            "secrets": [{"name": "DB_PASSWORD", "valueFrom": "env:X", "value": decoy}]}}), "spec.secrets[0].value"),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": 42, "spec": ok_spec}),
+            "tenantId",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "Bad_Tenant", "spec": ok_spec}),
+            "tenantId",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "a".repeat(64), "spec": ok_spec}),
+            "tenantId",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "t1", "spec": {"command": []}}),
+            "spec.command",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "t1", "spec": {"command": "sleep 1"}}),
+            "spec.command",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "t1", "spec": {"command": ["sleep"], "cpu": "lots"}}),
+            "spec.cpu",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "t1", "spec": {"command": ["sleep"], "image": "Not An Image"}}),
+            "spec.image",
+        ),
+        (
+            "ProvisionTenantCompute",
+            json!({"tenantId": "t1", "spec": {"command": ["sleep"],
+            "secrets": [{"name": "DB_PASSWORD", "value": decoy}]}}),
+            "spec.secrets[0].value",
+        ),
+        (
+            "UpdateTenantCompute",
+            json!({"tenantId": "t1", "spec": {"command": ["sleep"],
+            "secrets": [{"name": "DB_PASSWORD", "valueFrom": "env:X", "value": decoy}]}}),
+            "spec.secrets[0].value",
+        ),
         ("DeleteTenantCompute", json!({"tenantId": ""}), "tenantId"),
         ("GetComputeExecution", json!({}), "executionId"),
-        ("ListTenantComputeExecutions", json!({"tenantId": ["t1"]}), "tenantId"),
+        (
+            "ListTenantComputeExecutions",
+            json!({"tenantId": ["t1"]}),
+            "tenantId",
+        ),
     ];
     let calls: Vec<Value> = cases
         .iter()
@@ -124,12 +201,26 @@ async fn bad_input_fails_once_with_invalid_configuration_and_creates_nothing() {
     let results = worker.python_calls(Value::Array(calls));
     for ((activity, input, field), r) in cases.iter().zip(&results) {
         let e = &r["error"];
-        assert_eq!(e["type"], "INVALID_CONFIGURATION", "{activity} {input}: {r}");
+        assert_eq!(
+            e["type"], "INVALID_CONFIGURATION",
+            "{activity} {input}: {r}"
+        );
         assert_eq!(e["nonRetryable"], true, "{r}");
-        assert!(e["message"].as_str().unwrap().starts_with(field), "{field}: {r}");
+        assert!(
+            e["message"].as_str().unwrap().starts_with(field),
+            "{field}: {r}"
+        );
         assert!(!e["message"].as_str().unwrap().contains(decoy));
         // Exactly one attempt, though the caller's policy allowed five.
-        let history = cli(&["workflow", "show", "-w", r["workflowId"].as_str().unwrap(), "-o", "json"]).unwrap();
+        let history = cli(&[
+            "workflow",
+            "show",
+            "-w",
+            r["workflowId"].as_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .unwrap();
         let history: Value = serde_json::from_str(&history).unwrap();
         let attempts: Vec<u64> = history["events"]
             .as_array()
@@ -142,8 +233,16 @@ async fn bad_input_fails_once_with_invalid_configuration_and_creates_nothing() {
     // Nothing created, and the refused value reached no log.
     let store = store::connect(&worker.database_url()).await.unwrap();
     assert!(store.get_tenant("t1").await.unwrap().is_none());
-    assert!(!worker.log().contains(decoy), "a refused secret reached the log");
-    assert!(std::fs::read_dir(worker.local_dir()).map(|d| d.count()).unwrap_or(0) == 0);
+    assert!(
+        !worker.log().contains(decoy),
+        "a refused secret reached the log"
+    );
+    assert!(
+        std::fs::read_dir(worker.local_dir())
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
 }
 
 #[tokio::test]
@@ -165,13 +264,20 @@ async fn update_replaces_and_delete_removes_the_process_with_history() {
     assert_ne!(old_pid, new_pid);
     assert!(!alive(old_pid), "the old process is replaced");
     assert!(alive(new_pid));
-    assert_eq!(updated["resourceIds"]["commandLine"], json!(["sleep", "3002.2"]));
+    assert_eq!(
+        updated["resourceIds"]["commandLine"],
+        json!(["sleep", "3002.2"])
+    );
     let view = query_status(&client, "upd-2").await;
     assert_eq!(view["callbacks"][0]["state"], "succeeded");
     assert_eq!(view["callbacks"][0]["operation"], "update");
 
     let deleted = worker
-        .run_tenant_workflow(&client, "upd-3", json!({"operation": "delete", "request": {"tenantId": "upd"}}))
+        .run_tenant_workflow(
+            &client,
+            "upd-3",
+            json!({"operation": "delete", "request": {"tenantId": "upd"}}),
+        )
         .await
         .completed();
     assert_eq!(deleted["state"], "succeeded");
@@ -209,7 +315,10 @@ async fn update_replaces_and_delete_removes_the_process_with_history() {
         .collect();
     assert_eq!(listed, ["provision", "update", "delete", "delete"]);
     let store = store::connect(&worker.database_url()).await.unwrap();
-    assert_eq!(store.get_tenant("upd").await.unwrap().unwrap().state, TenantState::Deleted);
+    assert_eq!(
+        store.get_tenant("upd").await.unwrap().unwrap().state,
+        TenantState::Deleted
+    );
 }
 
 #[tokio::test]
@@ -258,23 +367,42 @@ async fn a_python_workflow_calls_by_name_and_receives_the_signal() {
     let r = &results[0];
     let handle = &r["result"];
     assert_eq!(handle["tenantId"], "py-tenant");
-    assert_eq!(handle["state"], "running", "the handle comes back at once: {r}");
+    assert_eq!(
+        handle["state"], "running",
+        "the handle comes back at once: {r}"
+    );
     let signal = &r["signals"][0];
     assert_eq!(signal["signal"], "compute-provisioned", "{r}");
     assert_eq!(signal["callback"]["executionId"], handle["executionId"]);
-    assert!(alive(signal["callback"]["resourceIds"]["pid"].as_u64().unwrap()));
+    assert!(alive(
+        signal["callback"]["resourceIds"]["pid"].as_u64().unwrap()
+    ));
 }
 
 #[tokio::test]
 async fn a_timeout_is_reported_and_the_outcome_still_recorded() {
     // Settle (2.5 s) longer than the request's timeout (1 s): timed_out, then succeeded.
-    let worker = spawn_worker("timeout", WorkerOpts { settle: "2500ms", ..Default::default() });
+    let worker = spawn_worker(
+        "timeout",
+        WorkerOpts {
+            settle: "2500ms",
+            ..Default::default()
+        },
+    );
     let client = client().await;
     let input = json!({"operation": "provision",
         "request": {"tenantId": "slow", "spec": {"command": ["sleep", "3005"]}, "timeout": "1s"},
         "policy": {"maxAttempts": 3}});
-    let status = worker.run_tenant_workflow(&client, "timeout-1", input).await.completed();
-    let states: Vec<&str> = status["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
+    let status = worker
+        .run_tenant_workflow(&client, "timeout-1", input)
+        .await
+        .completed();
+    let states: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["pending", "running", "timed_out", "succeeded"]);
     let view = query_status(&client, "timeout-1").await;
     let cbs: Vec<(&str, Option<&str>)> = view["callbacks"]
@@ -301,16 +429,25 @@ async fn secret_values_never_reach_logs_or_history() {
     let input = json!({"operation": "provision", "request": {"tenantId": "vault",
         "spec": {"command": ["sh", "-c", "printf %s \"$DB_PASSWORD\" > seen; exec sleep 3006"],
                  "secrets": [{"name": "DB_PASSWORD", "valueFrom": "env:TENANT_DB_PASSWORD"}]}}});
-    let status = worker.run_tenant_workflow(&client, "secret-1", input).await.completed();
+    let status = worker
+        .run_tenant_workflow(&client, "secret-1", input)
+        .await
+        .completed();
     // The workload got the value...
     let seen = std::fs::read_to_string(worker.local_dir().join("vault/seen")).unwrap();
     assert_eq!(seen, secret);
     // ...and nothing else did.
-    let tracker = format!("compute-execution-{}", status["executionId"].as_str().unwrap());
+    let tracker = format!(
+        "compute-execution-{}",
+        status["executionId"].as_str().unwrap()
+    );
     for wf in ["secret-1", tracker.as_str()] {
         let shown = workflow_show_everything(wf);
         assert!(shown.contains("vault"), "{wf} has a readable history");
-        assert!(!shown.contains(secret), "secret value in the history of {wf}");
+        assert!(
+            !shown.contains(secret),
+            "secret value in the history of {wf}"
+        );
     }
     assert!(workflow_show_everything("secret-1").contains("env:TENANT_DB_PASSWORD"));
     let log = worker.log();
@@ -320,7 +457,10 @@ async fn secret_values_never_reach_logs_or_history() {
     let wal = std::fs::read(worker.dir.path().join("store.db-wal")).unwrap_or_default();
     let needle = secret.as_bytes();
     for bytes in [&db, &wal] {
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "secret value in the store");
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "secret value in the store"
+        );
     }
 }
 
@@ -333,9 +473,18 @@ fn retry_policy_prints_the_table_and_policy() {
     assert!(out.status.success());
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let codes = doc["codes"].as_array().unwrap();
-    assert!(codes.iter().any(|c| c["code"] == "THROTTLED" && c["classification"] == "retriable"));
-    assert!(codes.iter().any(|c| c["code"] == "PARTIAL_FAILURE" && c["classification"] == "requires_manual_intervention"));
-    let types = doc["retryPolicy"]["nonRetryableErrorTypes"].as_array().unwrap();
+    assert!(
+        codes
+            .iter()
+            .any(|c| c["code"] == "THROTTLED" && c["classification"] == "retriable")
+    );
+    assert!(
+        codes.iter().any(|c| c["code"] == "PARTIAL_FAILURE"
+            && c["classification"] == "requires_manual_intervention")
+    );
+    let types = doc["retryPolicy"]["nonRetryableErrorTypes"]
+        .as_array()
+        .unwrap();
     assert!(types.contains(&json!("INVALID_CONFIGURATION")));
     assert!(!types.contains(&json!("TIMEOUT")));
     assert_eq!(doc["retryPolicy"]["initialInterval"], "1s");

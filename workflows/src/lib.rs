@@ -6,13 +6,16 @@
 //!
 //! Nothing here does I/O or reads a clock but the workflow's own.
 
+// ComputeError is the one error type crossing into Temporal; boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod policy;
 pub mod tenant;
 pub mod tracker;
 
 use compute_activities::{ComputeError, ErrorCode};
-use temporalio_sdk::{ActivityExecutionError, WorkflowTermination};
 use temporalio_common::error::IncomingError;
+use temporalio_sdk::{ActivityExecutionError, WorkflowTermination};
 
 /// The `ComputeError` inside an activity failure, or an `INTERNAL` one describing it.
 pub fn compute_error_of(err: &ActivityExecutionError) -> ComputeError {

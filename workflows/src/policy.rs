@@ -63,9 +63,10 @@ impl Policy {
     /// The action for a code: the declared one, or retry for retriable codes and none (fail)
     /// for the rest.
     pub fn action(&self, code: ErrorCode) -> Option<OnError> {
-        self.on_error.get(code.as_str()).copied().or(
-            (code.classification() == Classification::Retriable).then_some(OnError::Retry),
-        )
+        self.on_error
+            .get(code.as_str())
+            .copied()
+            .or((code.classification() == Classification::Retriable).then_some(OnError::Retry))
     }
 
     /// The activity retry policy: this policy's backoff, the table's non-retryable codes.
@@ -81,7 +82,9 @@ impl Policy {
 
     /// The delay before operation attempt `attempt + 1`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = self.backoff_coefficient.powi(attempt.saturating_sub(1) as i32);
+        let factor = self
+            .backoff_coefficient
+            .powi(attempt.saturating_sub(1) as i32);
         self.initial_interval
             .mul_f64(factor.min(1e6))
             .min(self.maximum_interval)
@@ -110,9 +113,8 @@ pub fn parse_input(input: &Value) -> Result<TenantComputeInput, ComputeError> {
         .as_object()
         .ok_or_else(|| invalid("input must be a JSON object {operation, request, policy?}"))?;
     let operation = match obj.get("operation") {
-        Some(Value::String(s)) => Operation::parse(s).ok_or_else(|| {
-            invalid("operation: must be \"provision\", \"update\" or \"delete\"")
-        })?,
+        Some(Value::String(s)) => Operation::parse(s)
+            .ok_or_else(|| invalid("operation: must be \"provision\", \"update\" or \"delete\""))?,
         Some(_) => return Err(invalid("operation: must be a string")),
         None => return Err(invalid("operation: is required")),
     };
@@ -130,14 +132,17 @@ pub fn parse_input(input: &Value) -> Result<TenantComputeInput, ComputeError> {
             policy.max_attempts = v
                 .as_u64()
                 .filter(|n| (1..=100).contains(n))
-                .ok_or_else(|| invalid("policy.maxAttempts: must be a whole number from 1 to 100"))?
-                as u32;
+                .ok_or_else(|| {
+                    invalid("policy.maxAttempts: must be a whole number from 1 to 100")
+                })? as u32;
         }
         if let Some(v) = p.get("backoffCoefficient") {
             policy.backoff_coefficient = v
                 .as_f64()
                 .filter(|f| (1.0..=100.0).contains(f))
-                .ok_or_else(|| invalid("policy.backoffCoefficient: must be a number from 1 to 100"))?;
+                .ok_or_else(|| {
+                    invalid("policy.backoffCoefficient: must be a number from 1 to 100")
+                })?;
         }
         for (name, slot) in [
             ("initialInterval", &mut policy.initial_interval),
@@ -148,13 +153,17 @@ pub fn parse_input(input: &Value) -> Result<TenantComputeInput, ComputeError> {
                 let field = format!("policy.{name}");
                 let d = parse_duration(&field, v)?;
                 if d < Duration::from_millis(100) || d > Duration::from_secs(7 * 24 * 3600) {
-                    return Err(invalid(format!("{field}: must be between 100ms and 7 days")));
+                    return Err(invalid(format!(
+                        "{field}: must be between 100ms and 7 days"
+                    )));
                 }
                 *slot = d;
             }
         }
         if policy.maximum_interval < policy.initial_interval {
-            return Err(invalid("policy.maximumInterval: must not be below initialInterval"));
+            return Err(invalid(
+                "policy.maximumInterval: must not be below initialInterval",
+            ));
         }
         if let Some(v) = p.get("onError") {
             let map = v
@@ -204,7 +213,10 @@ mod tests {
         assert_eq!(i.operation, Operation::Update);
         assert_eq!(i.policy.max_attempts, 5);
         assert_eq!(i.policy.callback_timeout, Duration::from_secs(30));
-        assert_eq!(i.policy.action(ErrorCode::WorkloadFailed), Some(OnError::Rollback));
+        assert_eq!(
+            i.policy.action(ErrorCode::WorkloadFailed),
+            Some(OnError::Rollback)
+        );
         assert_eq!(i.policy.action(ErrorCode::Timeout), Some(OnError::Abort));
         assert_eq!(i.policy.action(ErrorCode::Throttled), Some(OnError::Retry));
         assert_eq!(i.policy.action(ErrorCode::QuotaExceeded), None);
@@ -220,10 +232,22 @@ mod tests {
             (json!({"request": {}}), "operation"),
             (json!({"operation": "explode", "request": {}}), "operation"),
             (json!({"operation": "delete"}), "request"),
-            (json!({"operation": "delete", "request": {}, "policy": {"maxAttempts": 0}}), "policy.maxAttempts"),
-            (json!({"operation": "delete", "request": {}, "policy": {"callbackTimeout": "x"}}), "policy.callbackTimeout"),
-            (json!({"operation": "delete", "request": {}, "policy": {"onError": {"NOPE": "retry"}}}), "policy.onError"),
-            (json!({"operation": "delete", "request": {}, "policy": {"onError": {"TIMEOUT": "pray"}}}), "policy.onError.TIMEOUT"),
+            (
+                json!({"operation": "delete", "request": {}, "policy": {"maxAttempts": 0}}),
+                "policy.maxAttempts",
+            ),
+            (
+                json!({"operation": "delete", "request": {}, "policy": {"callbackTimeout": "x"}}),
+                "policy.callbackTimeout",
+            ),
+            (
+                json!({"operation": "delete", "request": {}, "policy": {"onError": {"NOPE": "retry"}}}),
+                "policy.onError",
+            ),
+            (
+                json!({"operation": "delete", "request": {}, "policy": {"onError": {"TIMEOUT": "pray"}}}),
+                "policy.onError.TIMEOUT",
+            ),
         ] {
             let e = parse_input(&input).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidConfiguration);

@@ -233,8 +233,12 @@ impl TenantComputeWorkflow {
         let options = start_options(&input.policy);
         let handle: Result<ExecutionHandle, ActivityExecutionError> = match input.operation {
             Operation::Provision => {
-                ctx.execute_activity(ComputeActivities::provision_tenant_compute, request, options)
-                    .await
+                ctx.execute_activity(
+                    ComputeActivities::provision_tenant_compute,
+                    request,
+                    options,
+                )
+                .await
             }
             Operation::Update => {
                 ctx.execute_activity(ComputeActivities::update_tenant_compute, request, options)
@@ -314,7 +318,11 @@ impl TenantComputeWorkflow {
         ctx: &WorkflowContext<Self>,
         input: &TenantComputeInput,
     ) -> Result<(), ComputeError> {
-        let tenant_id = input.request.get("tenantId").cloned().unwrap_or(Value::Null);
+        let tenant_id = input
+            .request
+            .get("tenantId")
+            .cloned()
+            .unwrap_or(Value::Null);
         let request = serde_json::json!({
             "tenantId": tenant_id,
             "idempotencyKey": format!("{}#rollback", ctx.workflow_id()),
@@ -408,8 +416,14 @@ mod tests {
     fn later_attempts_get_their_own_key() {
         let r = json!({"tenantId": "a"});
         assert_eq!(request_for_attempt(&r, 1, "wf"), r);
-        assert_eq!(request_for_attempt(&r, 2, "wf")["idempotencyKey"], "wf#attempt-2");
+        assert_eq!(
+            request_for_attempt(&r, 2, "wf")["idempotencyKey"],
+            "wf#attempt-2"
+        );
         let k = json!({"tenantId": "a", "idempotencyKey": "k"});
-        assert_eq!(request_for_attempt(&k, 3, "wf")["idempotencyKey"], "k#attempt-3");
+        assert_eq!(
+            request_for_attempt(&k, 3, "wf")["idempotencyKey"],
+            "k#attempt-3"
+        );
     }
 }

@@ -229,7 +229,11 @@ impl ComputeExecutionTracker {
 
     /// `attach-callback`: one more caller to tell (duplicates are ignored).
     #[signal(name = names::SIGNAL_ATTACH_CALLBACK)]
-    pub fn attach_callback(&mut self, _ctx: &mut SyncWorkflowContext<Self>, attach: AttachCallback) {
+    pub fn attach_callback(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        attach: AttachCallback,
+    ) {
         if let Some(target) = attach.target
             && !self.targets.contains(&target)
         {

@@ -19,10 +19,6 @@
 //! workload runs in its own session, so it outlives a crash of the worker, is not hit by a
 //! Ctrl-C in the worker's terminal, and can be stopped as a whole process group.
 
-// `ComputeError` is the crate's one error type, returned by value as the provider trait fixes
-// it; its size is the crate's decision, not this module's.
-#![allow(clippy::result_large_err)]
-
 use std::{
     collections::HashMap,
     ffi::OsString,

@@ -247,7 +247,13 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         store.get_tenant(t).await.unwrap().unwrap().state,
         TenantState::RequiresManualIntervention
     );
-    let h = store.get_execution(&did).await.unwrap().unwrap().status.history;
+    let h = store
+        .get_execution(&did)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .history;
     assert_eq!(h.last().unwrap().message.as_deref(), Some("operator"));
 }
 
@@ -298,5 +304,9 @@ pub async fn concurrent_begins(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
     let created = outcomes.iter().filter(|o| o.created).count();
     assert_eq!(created, 1);
     let first = &outcomes[0].record.status.execution_id;
-    assert!(outcomes.iter().all(|o| &o.record.status.execution_id == first));
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| &o.record.status.execution_id == first)
+    );
 }

@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     contract::{
-        ComputeSpec, ExecutionState, ExecutionStatus, Operation, Progress, ResourceIds,
-        TenantState,
+        ComputeSpec, ExecutionState, ExecutionStatus, Operation, Progress, ResourceIds, TenantState,
     },
     error::{Classification, ComputeError, ErrorCode},
 };
@@ -87,9 +86,10 @@ impl StoreError {
                 "the execution store is unavailable",
             )
             .with_root_cause(self),
-            StoreError::ExecutionNotFound(id) => {
-                ComputeError::new(ErrorCode::NotFound, format!("execution {id} does not exist"))
-            }
+            StoreError::ExecutionNotFound(id) => ComputeError::new(
+                ErrorCode::NotFound,
+                format!("execution {id} does not exist"),
+            ),
             _ => ComputeError::internal("the execution store failed").with_root_cause(self),
         }
     }
@@ -285,7 +285,11 @@ pub fn derive_execution_id(
             h.update(generation.to_string().as_bytes());
         }
     }
-    format!("{tenant_id}-{}-{}", operation.as_str(), hex(&h.finalize(), 16))
+    format!(
+        "{tenant_id}-{}-{}",
+        operation.as_str(),
+        hex(&h.finalize(), 16)
+    )
 }
 
 /// Whether an unkeyed request attaches to the tenant's latest execution: same operation, same
@@ -322,8 +326,7 @@ pub fn tenant_state_after(
             Operation::Delete => TenantState::Deleted,
         }),
         ExecutionState::Failed | ExecutionState::Cancelled => Some(
-            if error.map(|e| e.classification) == Some(Classification::RequiresManualIntervention)
-            {
+            if error.map(|e| e.classification) == Some(Classification::RequiresManualIntervention) {
                 TenantState::RequiresManualIntervention
             } else {
                 TenantState::Failed
@@ -340,13 +343,31 @@ mod tests {
     #[test]
     fn execution_ids_are_deterministic_and_distinct() {
         let a = derive_execution_id("t", Operation::Provision, Some("k"), "h1", 1);
-        assert_eq!(a, derive_execution_id("t", Operation::Provision, Some("k"), "h2", 9));
-        assert_ne!(a, derive_execution_id("t", Operation::Update, Some("k"), "h1", 1));
-        assert_ne!(a, derive_execution_id("u", Operation::Provision, Some("k"), "h1", 1));
+        assert_eq!(
+            a,
+            derive_execution_id("t", Operation::Provision, Some("k"), "h2", 9)
+        );
+        assert_ne!(
+            a,
+            derive_execution_id("t", Operation::Update, Some("k"), "h1", 1)
+        );
+        assert_ne!(
+            a,
+            derive_execution_id("u", Operation::Provision, Some("k"), "h1", 1)
+        );
         let b = derive_execution_id("t", Operation::Provision, None, "h1", 1);
-        assert_eq!(b, derive_execution_id("t", Operation::Provision, None, "h1", 1));
-        assert_ne!(b, derive_execution_id("t", Operation::Provision, None, "h1", 2));
-        assert_ne!(b, derive_execution_id("t", Operation::Provision, None, "h2", 1));
+        assert_eq!(
+            b,
+            derive_execution_id("t", Operation::Provision, None, "h1", 1)
+        );
+        assert_ne!(
+            b,
+            derive_execution_id("t", Operation::Provision, None, "h1", 2)
+        );
+        assert_ne!(
+            b,
+            derive_execution_id("t", Operation::Provision, None, "h2", 1)
+        );
         assert!(b.starts_with("t-provision-") && b.len() == "t-provision-".len() + 16);
     }
 
@@ -367,13 +388,25 @@ mod tests {
         let manual = ComputeError::new(ErrorCode::PartialFailure, "x");
         let plain = ComputeError::new(ErrorCode::WorkloadFailed, "x");
         use ExecutionState::*;
-        assert_eq!(tenant_state_after(Operation::Provision, Succeeded, None), Some(TenantState::Active));
-        assert_eq!(tenant_state_after(Operation::Delete, Succeeded, None), Some(TenantState::Deleted));
-        assert_eq!(tenant_state_after(Operation::Update, Failed, Some(&plain)), Some(TenantState::Failed));
+        assert_eq!(
+            tenant_state_after(Operation::Provision, Succeeded, None),
+            Some(TenantState::Active)
+        );
+        assert_eq!(
+            tenant_state_after(Operation::Delete, Succeeded, None),
+            Some(TenantState::Deleted)
+        );
+        assert_eq!(
+            tenant_state_after(Operation::Update, Failed, Some(&plain)),
+            Some(TenantState::Failed)
+        );
         assert_eq!(
             tenant_state_after(Operation::Update, Failed, Some(&manual)),
             Some(TenantState::RequiresManualIntervention)
         );
-        assert_eq!(tenant_state_after(Operation::Provision, TimedOut, None), None);
+        assert_eq!(
+            tenant_state_after(Operation::Provision, TimedOut, None),
+            None
+        );
     }
 }

@@ -6,9 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::{
-    Row, SqliteConnection,
+    Row, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow},
-    SqlitePool,
 };
 
 use super::{
@@ -16,9 +15,7 @@ use super::{
     Transition, TransitionOutcome, attaches_to_latest, derive_execution_id, tenant_state_after,
     tenant_state_on_begin,
 };
-use crate::contract::{
-    ExecutionState, ExecutionStatus, HistoryEntry, Operation, TenantState, now,
-};
+use crate::contract::{ExecutionState, ExecutionStatus, HistoryEntry, Operation, TenantState, now};
 
 /// The SQLite store: a file (`sqlite://PATH`) or memory (`sqlite::memory:`).
 #[derive(Debug, Clone)]
@@ -69,8 +66,16 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(if in_memory { 1 } else { 4 })
             .min_connections(if in_memory { 1 } else { 0 })
-            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
+            .idle_timeout(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(options)
             .await
@@ -393,8 +398,7 @@ impl ExecutionStore for SqliteStore {
         // A same-state call only adds history when it has something to say (a failed attempt),
         // so repeated progress updates do not flood the history.
         if !same || t.message.is_some() {
-            Self::add_history(&mut tx, &t.execution_id, t.state, t.message.as_deref(), at)
-                .await?;
+            Self::add_history(&mut tx, &t.execution_id, t.state, t.message.as_deref(), at).await?;
         }
         if !same
             && let Some(tenant_state) = tenant_state_after(
