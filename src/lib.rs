@@ -208,7 +208,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .await
         .map_err(|e| anyhow!("cannot start the provider: {e}"))?;
     let client = connect_temporal().await?;
-    ensure_search_attribute(&client).await?;
+    if let Err(e) = ensure_search_attribute(&client).await {
+        // Some deployments (Temporal Cloud, restricted API keys) register attributes out of
+        // band: say what is missing and keep serving.
+        tracing::error!(error = %format!("{e:#}"), "The TenantId search attribute is not registered; workflows that set it will fail their tasks until it is.");
+    }
 
     let activities = ComputeActivities::new(
         store,

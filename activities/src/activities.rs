@@ -567,16 +567,6 @@ impl ComputeActivities {
     }
 }
 
-impl ComputeError {
-    /// Names the provider when the error does not already.
-    pub fn with_provider_default(mut self, provider: &str) -> Self {
-        if self.provider.is_none() {
-            self.provider = Some(provider.to_string());
-        }
-        self
-    }
-}
-
 /// The activity definitions (a module of its own because the macro generates one
 /// undocumented constant per activity).
 mod definitions {

@@ -184,6 +184,14 @@ impl ComputeError {
         self
     }
 
+    /// Names the provider when the error does not already.
+    pub fn with_provider_default(mut self, provider: &str) -> Self {
+        if self.provider.is_none() {
+            self.provider = Some(provider.to_string());
+        }
+        self
+    }
+
     /// Sets the delay the provider asked for.
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
         self.retry_after_ms = Some(delay.as_millis() as u64);
