@@ -142,6 +142,8 @@ pub struct TestWorker {
     /// Its task queue.
     pub task_queue: String,
     child: Child,
+    settle: String,
+    env: Vec<(String, String)>,
 }
 
 /// Options of a test worker.
@@ -161,49 +163,82 @@ impl Default for WorkerOpts<'_> {
 
 /// Starts a worker (the real binary) on its own task queue and waits until it polls.
 pub fn spawn_worker(name: &str, opts: WorkerOpts<'_>) -> TestWorker {
-    let address = server_address();
     let dir = tempfile::tempdir().unwrap();
     let task_queue = format!("{name}-{}", std::process::id());
-    let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_compute-worker"));
-    cmd.arg("run")
-        .args(["--task-queue", &task_queue])
-        .arg("--database")
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("store.db").display()
-        ))
-        .arg("--local-state-dir")
-        .arg(dir.path().join("local"))
-        .args(["--local-settle", opts.settle, "--local-stop-grace", "2s"])
-        .args(["--log-format", "json"])
-        .env("TEMPORAL_ADDRESS", address)
-        .env(
-            "RUST_LOG",
-            "debug,h2=info,tonic=info,hyper=info,tower=info,sqlx=info",
-        )
-        .envs(opts.env)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let child = cmd.spawn().expect("start compute-worker");
+    let settle = opts.settle.to_string();
+    let env: Vec<(String, String)> = opts
+        .env
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let child = start_worker_process(dir.path(), &task_queue, &settle, &env);
     let worker = TestWorker {
         dir,
         task_queue,
         child,
+        settle,
+        env,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !worker.log().contains("Worker started.") {
-        assert!(
-            Instant::now() < deadline,
-            "worker did not start:\n{}",
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    worker.wait_started(1);
     worker
 }
 
+fn start_worker_process(
+    dir: &Path,
+    task_queue: &str,
+    settle: &str,
+    env: &[(String, String)],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_compute-worker"))
+        .arg("run")
+        .args(["--task-queue", task_queue])
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.join("store.db").display()))
+        .arg("--local-state-dir")
+        .arg(dir.join("local"))
+        .args(["--local-settle", settle, "--local-stop-grace", "2s"])
+        .args(["--log-format", "json"])
+        .env("TEMPORAL_ADDRESS", server_address())
+        .env(
+            "RUST_LOG",
+            "debug,h2=info,tonic=info,hyper=info,tower=info,sqlx=info",
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start compute-worker")
+}
+
 impl TestWorker {
+    fn wait_started(&self, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log().matches("Worker started.").count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "worker did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the worker with SIGKILL (no shutdown at all) and starts a new one on the same
+    /// task queue, database and local-provider directory, as a restarted host would.
+    pub fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let started = self.log().matches("Worker started.").count();
+        self.child =
+            start_worker_process(self.dir.path(), &self.task_queue, &self.settle, &self.env);
+        self.wait_started(started + 1);
+    }
+
     /// Everything the worker logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
@@ -458,4 +493,18 @@ pub fn alive(pid: u64) -> bool {
         && !stat
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+/// Waits for a workflow (started elsewhere) to complete and returns its result.
+pub async fn wait_result(client: &Client, workflow_id: &str) -> Value {
+    let conv = PayloadConverter::serde_json();
+    let handle = client.get_workflow_handle::<UntypedWorkflow>(workflow_id);
+    let raw = tokio::time::timeout(
+        Duration::from_secs(60),
+        handle.get_result(WorkflowGetResultOptions::default()),
+    )
+    .await
+    .expect("the workflow did not finish within 60 s")
+    .expect("workflow result");
+    raw.to_value::<Value>(&conv)
 }

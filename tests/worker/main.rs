@@ -464,6 +464,134 @@ async fn secret_values_never_reach_logs_or_history() {
     }
 }
 
+#[tokio::test]
+async fn callers_attaching_to_one_execution_all_hear_of_it() {
+    let worker = spawn_worker(
+        "attach",
+        WorkerOpts {
+            settle: "2s",
+            ..Default::default()
+        },
+    );
+    let client = client().await;
+    let request = json!({"tenantId": "shared", "spec": {"command": ["sleep", "3007"]},
+                         "idempotencyKey": "release-42"});
+    let input = json!({"operation": "provision", "request": request});
+    // Two callers with the same key while the execution runs: one execution, two callbacks.
+    let (a, b) = tokio::join!(
+        worker.run_tenant_workflow(&client, "attach-a", input.clone()),
+        worker.run_tenant_workflow(&client, "attach-b", input.clone()),
+    );
+    let (a, b) = (a.completed(), b.completed());
+    assert_eq!(a["executionId"], b["executionId"]);
+    for wf in ["attach-a", "attach-b"] {
+        let view = query_status(&client, wf).await;
+        assert_eq!(
+            view["callbacks"][0]["executionId"], a["executionId"],
+            "{view}"
+        );
+    }
+    let tracker = format!("compute-execution-{}", a["executionId"].as_str().unwrap());
+    let view = query_status(&client, &tracker).await;
+    assert_eq!(view["callbacks"].as_array().unwrap().len(), 2, "{view}");
+    assert_eq!(processes_with("3007").len(), 1);
+    // A caller after the end gets the final state in its handle.
+    let late =
+        worker.python_calls(json!([{"activity": "ProvisionTenantCompute", "input": request}]));
+    let handle = &late[0]["result"];
+    assert_eq!(handle["state"], "succeeded", "{late:?}");
+    assert_eq!(handle["attached"], true);
+    assert_eq!(handle["executionId"], a["executionId"]);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_operation_loses_nothing() {
+    let mut worker = spawn_worker(
+        "crash",
+        WorkerOpts {
+            settle: "3s",
+            ..Default::default()
+        },
+    );
+    let client = client().await;
+    let handle = worker.python_calls(json!([{"activity": "ProvisionTenantCompute",
+        "input": {"tenantId": "phoenix", "spec": {"command": ["sleep", "3008"]}}}]));
+    let execution_id = handle[0]["result"]["executionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // kill -9 while the tracker waits for the settle time; a new worker takes over.
+    worker.crash_and_restart();
+    let tracker = format!("compute-execution-{execution_id}");
+    let status = harness::wait_result(&client, &tracker).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let pid = pid_of(&status);
+    assert!(alive(pid));
+    assert_eq!(
+        processes_with("3008").len(),
+        1,
+        "the workload was re-adopted, not started twice"
+    );
+    // And the same request after the restart attaches to it.
+    let again = worker.python_calls(json!([{"activity": "ProvisionTenantCompute",
+        "input": {"tenantId": "phoenix", "spec": {"command": ["sleep", "3008"]}}}]));
+    assert_eq!(again[0]["result"]["executionId"], execution_id.as_str());
+    assert_eq!(again[0]["result"]["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn policies_roll_back_or_abort() {
+    let worker = spawn_worker("policy", WorkerOpts::default());
+    let client = client().await;
+    let crash = json!({"command": ["sh", "-c", "exit 4"]});
+    let rollback = json!({"operation": "provision",
+        "request": {"tenantId": "rb", "spec": crash},
+        "policy": {"onError": {"WORKLOAD_FAILED": "rollback"}}});
+    let (code, _, _) = worker
+        .run_tenant_workflow(&client, "policy-rb", rollback)
+        .await
+        .failed();
+    assert_eq!(code, "WORKLOAD_FAILED");
+    let store = store::connect(&worker.database_url()).await.unwrap();
+    let ops: Vec<_> = store
+        .list_executions("rb")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.status.operation.as_str(), r.status.state.as_str()))
+        .collect();
+    assert_eq!(ops, [("provision", "failed"), ("delete", "succeeded")]);
+    assert_eq!(
+        store.get_tenant("rb").await.unwrap().unwrap().state,
+        TenantState::Deleted
+    );
+
+    let abort = json!({"operation": "provision",
+        "request": {"tenantId": "ab", "spec": crash},
+        "policy": {"onError": {"WORKLOAD_FAILED": "abort"}}});
+    let (code, _, _) = worker
+        .run_tenant_workflow(&client, "policy-ab", abort)
+        .await
+        .failed();
+    assert_eq!(code, "WORKLOAD_FAILED");
+    assert_eq!(
+        store.get_tenant("ab").await.unwrap().unwrap().state,
+        TenantState::RequiresManualIntervention
+    );
+
+    // A retriable failure is retried as a new execution, up to maxAttempts.
+    let retry = json!({"operation": "provision",
+        "request": {"tenantId": "rt", "spec": crash},
+        "policy": {"maxAttempts": 2, "initialInterval": "100ms", "onError": {"WORKLOAD_FAILED": "retry"}}});
+    let (code, _, _) = worker
+        .run_tenant_workflow(&client, "policy-rt", retry)
+        .await
+        .failed();
+    assert_eq!(code, "WORKLOAD_FAILED");
+    assert_eq!(store.list_executions("rt").await.unwrap().len(), 2);
+    assert_eq!(query_status(&client, "policy-rt").await["attempt"], 2);
+}
+
 #[test]
 fn retry_policy_prints_the_table_and_policy() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_compute-worker"))

@@ -71,7 +71,7 @@ pub struct ComputeExecutionTracker {
 
 fn watch_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(24 * 3600))
-        .heartbeat_timeout(Duration::from_secs(30))
+        .heartbeat_timeout(Duration::from_secs(10))
         .retry_policy(
             RetryPolicy::builder()
                 .initial_interval(Duration::from_millis(500))
