@@ -8,6 +8,7 @@ CALLS_JSON is a list of {"activity": NAME, "input": ANY, "waitSignal": bool}.
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from datetime import timedelta
@@ -87,3 +88,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    sys.stdout.flush()
+    # The SDK's native runtime threads can abort interpreter finalization ("PyGILState_Release
+    # ... must be current") after all work is done; the results are out, so skip it.
+    os._exit(0)

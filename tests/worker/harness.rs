@@ -271,7 +271,9 @@ impl TestWorker {
             .expect("python3");
         assert!(
             out.status.success(),
-            "python caller failed (pip install temporalio):\n{}",
+            "python caller failed ({}; is `temporalio` installed?):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("python caller output")
@@ -293,7 +295,12 @@ impl Drop for TestWorker {
         let _ = self.child.wait();
         // Workloads outlive the worker by design: stop what this test left behind.
         for rec in glob_process_records(&self.local_dir()) {
-            if let Some(pid) = rec.get("pid").and_then(Value::as_i64) {
+            // Only the recorded process itself: its pid may have been reused since.
+            let start = rec.get("processStartTime").and_then(Value::as_u64);
+            if let Some(pid) = rec.get("pid").and_then(Value::as_i64)
+                && start.is_some()
+                && start_time(pid as u64) == start
+            {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
@@ -507,4 +514,15 @@ pub async fn wait_result(client: &Client, workflow_id: &str) -> Value {
     .expect("the workflow did not finish within 60 s")
     .expect("workflow result");
     raw.to_value::<Value>(&conv)
+}
+
+/// Field 22 of `/proc/<pid>/stat` (the process's start time), if it runs.
+fn start_time(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
