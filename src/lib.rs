@@ -13,7 +13,7 @@ use compute_activities::{
     ComputeActivities,
     activities::ActivitySettings,
     names,
-    provider::{self, ProviderConfig, local::LocalConfig},
+    provider::{self, ProviderConfig, ecs::EcsConfig, local::LocalConfig},
     store,
 };
 use compute_workflows::{tenant::TenantComputeWorkflow, tracker::ComputeExecutionTracker};
@@ -42,6 +42,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the `run` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker until SIGTERM or Ctrl-C. The Temporal connection comes from the SDK's
@@ -57,6 +59,8 @@ pub enum Command {
 pub enum ProviderKind {
     /// Local processes on this host.
     Local,
+    /// ECS services (credentials, region and endpoint from the standard AWS chain).
+    Ecs,
 }
 
 /// Settings of `compute-worker run`; each flag also reads an environment variable.
@@ -91,6 +95,33 @@ pub struct RunArgs {
     /// Local provider: how long a workload gets between SIGTERM and SIGKILL.
     #[arg(long, env = "COMPUTE_LOCAL_STOP_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub local_stop_grace: Duration,
+    /// ECS: the cluster every tenant service lives in.
+    #[arg(long, env = "ECS_CLUSTER", default_value = "default")]
+    pub ecs_cluster: String,
+    /// ECS: launch type.
+    #[arg(long, env = "ECS_LAUNCH_TYPE", default_value = "FARGATE", value_parser = ["FARGATE", "EC2"])]
+    pub ecs_launch_type: String,
+    /// ECS: subnets of the services' awsvpc configuration (comma-separated).
+    #[arg(long, env = "ECS_SUBNETS", value_delimiter = ',')]
+    pub ecs_subnets: Vec<String>,
+    /// ECS: security groups of the services' awsvpc configuration (comma-separated).
+    #[arg(long, env = "ECS_SECURITY_GROUPS", value_delimiter = ',')]
+    pub ecs_security_groups: Vec<String>,
+    /// ECS: give tasks a public IP.
+    #[arg(long, env = "ECS_ASSIGN_PUBLIC_IP")]
+    pub ecs_assign_public_ip: bool,
+    /// ECS: the task execution role (image pulls, secrets).
+    #[arg(long, env = "ECS_EXECUTION_ROLE_ARN")]
+    pub ecs_execution_role_arn: Option<String>,
+    /// ECS: the task role.
+    #[arg(long, env = "ECS_TASK_ROLE_ARN")]
+    pub ecs_task_role_arn: Option<String>,
+    /// ECS: the CloudWatch Logs group of the containers.
+    #[arg(long, env = "ECS_LOG_GROUP")]
+    pub ecs_log_group: Option<String>,
+    /// ECS: how often the shared observer describes in-flight services.
+    #[arg(long, env = "ECS_OBSERVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ecs_observe_interval: Duration,
     /// Log format.
     #[arg(long, env = "COMPUTE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -118,6 +149,17 @@ impl RunArgs {
                 settle_ms: self.local_settle.as_millis() as u64,
                 stop_grace_ms: self.local_stop_grace.as_millis() as u64,
                 ..LocalConfig::default()
+            }),
+            ProviderKind::Ecs => ProviderConfig::Ecs(EcsConfig {
+                cluster: self.ecs_cluster.clone(),
+                launch_type: self.ecs_launch_type.clone(),
+                subnets: self.ecs_subnets.clone(),
+                security_groups: self.ecs_security_groups.clone(),
+                assign_public_ip: self.ecs_assign_public_ip,
+                execution_role_arn: self.ecs_execution_role_arn.clone(),
+                task_role_arn: self.ecs_task_role_arn.clone(),
+                log_group: self.ecs_log_group.clone(),
+                observe_interval_ms: self.ecs_observe_interval.as_millis() as u64,
             }),
         };
         Ok(Settings {

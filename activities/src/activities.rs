@@ -27,7 +27,7 @@ use tracing::{Instrument, Span, field::Empty};
 use crate::{
     contract::{
         CallbackTarget, ComputeCallback, ComputeSpec, ExecutionHandle, ExecutionState,
-        ExecutionStatus, Operation, Progress, TemporalCallback, TenantState,
+        ExecutionStatus, Metadata, Operation, Progress, TemporalCallback, TenantState,
     },
     error::{ComputeError, ErrorCode},
     names,
@@ -181,6 +181,7 @@ fn default_target(ctx: &ActivityContext) -> Option<CallbackTarget> {
 /// A request reduced to what the start path needs.
 struct StartRequest {
     tenant_id: String,
+    metadata: Metadata,
     spec: Option<ComputeSpec>,
     idempotency_key: Option<String>,
     callback: Option<CallbackTarget>,
@@ -218,6 +219,7 @@ impl ComputeActivities {
                 Ok(StartRequest {
                     validated: to_value(&r),
                     tenant_id: r.tenant_id,
+                    metadata: r.metadata,
                     spec: Some(r.spec),
                     idempotency_key: r.idempotency_key,
                     callback: r.callback,
@@ -229,6 +231,7 @@ impl ComputeActivities {
                 Ok(StartRequest {
                     validated: to_value(&r),
                     tenant_id: r.tenant_id,
+                    metadata: Metadata::default(),
                     spec: None,
                     idempotency_key: r.idempotency_key,
                     callback: r.callback,
@@ -297,6 +300,7 @@ impl ComputeActivities {
                 execution_id: execution_id.clone(),
                 tenant_id: req.tenant_id.clone(),
                 operation,
+                metadata: req.metadata.clone(),
             };
             let current = begin
                 .previous_tenant
@@ -450,6 +454,7 @@ impl ComputeActivities {
                 execution_id: status.execution_id.clone(),
                 tenant_id: status.tenant_id.clone(),
                 operation: status.operation,
+                metadata: Default::default(),
             };
             let observation = match self.provider.observe(&op, &status.resource_ids).await {
                 Ok(o) => o,

@@ -1105,6 +1105,7 @@ mod tests {
             execution_id: execution.to_string(),
             tenant_id: tenant.to_string(),
             operation,
+            metadata: Default::default(),
         }
     }
 

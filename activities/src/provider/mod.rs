@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    contract::{ComputeSpec, Operation, Progress, ResourceIds},
+    contract::{ComputeSpec, Metadata, Operation, Progress, ResourceIds},
     error::{ComputeError, Result},
 };
 
+pub mod ecs;
 pub mod local;
 
 /// The execution a provider call belongs to (for names, tags and logs).
@@ -25,6 +26,8 @@ pub struct OperationContext {
     pub tenant_id: String,
     /// The operation.
     pub operation: Operation,
+    /// The request's ownership and labels (empty where the request has none, as for delete).
+    pub metadata: Metadata,
 }
 
 /// What the tenant has now, as the store knows it.
@@ -85,12 +88,15 @@ pub trait ComputeProvider: Send + Sync + 'static {
 pub enum ProviderConfig {
     /// Local processes on this host.
     Local(local::LocalConfig),
+    /// ECS services.
+    Ecs(ecs::EcsConfig),
 }
 
 /// Builds the configured provider.
 pub async fn build(config: &ProviderConfig) -> Result<Arc<dyn ComputeProvider>> {
     match config {
         ProviderConfig::Local(c) => Ok(Arc::new(local::LocalProvider::new(c.clone())?)),
+        ProviderConfig::Ecs(c) => Ok(Arc::new(ecs::EcsProvider::new(c.clone()).await?)),
     }
 }
 

@@ -1,0 +1,896 @@
+//! ECS provider: a tenant's compute is an ECS service `tenant-<tenantId>` running a task
+//! definition of family `tenant-<tenantId>`.
+//!
+//! Idempotent by construction: provision looks the service up by name before creating it,
+//! and passes a `clientToken` derived from the execution id (real ECS honours it; moto does
+//! not, so the look-up is what keeps a retry from making a second service there). Tracking
+//! goes through one [`Observer`] per worker that batches `DescribeServices` (10 services a
+//! call) for every in-flight execution.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use aws_sdk_ecs::{
+    Client,
+    config::http::HttpResponse,
+    error::{ProvideErrorMetadata, SdkError},
+    types::{
+        AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition,
+        DeploymentRolloutState, KeyValuePair, LaunchType, LogConfiguration, LogDriver,
+        NetworkConfiguration, NetworkMode, PortMapping, Secret, Service, Tag, TaskDefinitionField,
+        TaskDefinitionStatus,
+    },
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{ComputeProvider, CurrentState, Observation, OperationContext};
+use crate::{
+    contract::{ComputeSpec, Operation, Progress, ResourceIds},
+    error::{ComputeError, ErrorCode, Result},
+};
+
+const PROVIDER: &str = "ecs";
+const CONTAINER: &str = "app";
+const SPEC_HASH_TAG: &str = "compute-worker/spec-hash";
+
+/// ECS provider settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct EcsConfig {
+    /// The cluster every tenant service lives in.
+    pub cluster: String,
+    /// `FARGATE` or `EC2`.
+    pub launch_type: String,
+    /// Subnets of the services' awsvpc network configuration.
+    pub subnets: Vec<String>,
+    /// Security groups of the services' awsvpc network configuration.
+    pub security_groups: Vec<String>,
+    /// Whether tasks get a public IP.
+    pub assign_public_ip: bool,
+    /// Task execution role (pulls images, reads secrets).
+    pub execution_role_arn: Option<String>,
+    /// Task role (what the workload may call).
+    pub task_role_arn: Option<String>,
+    /// CloudWatch Logs group for the containers' output.
+    pub log_group: Option<String>,
+    /// How often the shared observer describes the in-flight services.
+    pub observe_interval_ms: u64,
+}
+
+impl Default for EcsConfig {
+    fn default() -> Self {
+        EcsConfig {
+            cluster: "default".into(),
+            launch_type: "FARGATE".into(),
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            assign_public_ip: false,
+            execution_role_arn: None,
+            task_role_arn: None,
+            log_group: None,
+            observe_interval_ms: 5000,
+        }
+    }
+}
+
+/// The service name of a tenant.
+pub fn service_name(tenant_id: &str) -> String {
+    format!("tenant-{tenant_id}")
+}
+
+/// A `clientToken` (at most 36 characters) derived from the execution id.
+pub fn client_token(execution_id: &str) -> String {
+    let digest = Sha256::digest(execution_id.as_bytes());
+    digest
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..32]
+        .to_string()
+}
+
+/// Maps an SDK error onto the error table, where it arises.
+pub fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>, cluster: &str) -> ComputeError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let unavailable = |m: String| ComputeError::new(ErrorCode::ProviderTemporarilyUnavailable, m);
+    match err {
+        SdkError::TimeoutError(_) => unavailable(format!("{what}: ECS did not answer in time"))
+            .with_provider(PROVIDER, Some("TimeoutError")),
+        SdkError::DispatchFailure(e) => unavailable(format!("{what}: ECS could not be reached"))
+            .with_provider(PROVIDER, Some("DispatchFailure"))
+            .with_root_cause(format!("{e:?}")),
+        SdkError::ResponseError(e) => unavailable(format!(
+            "{what}: ECS sent a response that could not be read"
+        ))
+        .with_provider(PROVIDER, Some("ResponseError"))
+        .with_root_cause(format!("{:?}", e.raw().status())),
+        SdkError::ConstructionFailure(_) => {
+            ComputeError::internal(format!("{what}: the request could not be built"))
+                .with_provider(PROVIDER, Some("ConstructionFailure"))
+        }
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("Unknown").to_string();
+            let message = se.err().message().unwrap_or_default().to_string();
+            classify_code(what, &code, &message, status, cluster)
+        }
+        _ => unavailable(format!("{what}: unexpected SDK error")).with_provider(PROVIDER, None),
+    }
+}
+
+/// The table from ECS's error names (and HTTP status) to our codes.
+pub fn classify_code(
+    what: &str,
+    code: &str,
+    message: &str,
+    status: u16,
+    cluster: &str,
+) -> ComputeError {
+    let (ours, text) = match code {
+        "ThrottlingException"
+        | "Throttling"
+        | "ThrottledException"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "RequestThrottled" => (
+            ErrorCode::Throttled,
+            format!("{what}: ECS is throttling requests"),
+        ),
+        "ServerException"
+        | "ServiceUnavailableException"
+        | "ServiceUnavailable"
+        | "InternalFailure"
+        | "InternalError" => (
+            ErrorCode::ProviderTemporarilyUnavailable,
+            format!("{what}: ECS failed ({code})"),
+        ),
+        "ClusterNotFoundException" => (
+            ErrorCode::InvalidConfiguration,
+            format!("{what}: the ECS cluster {cluster:?} does not exist (--ecs-cluster)"),
+        ),
+        "InvalidParameterException"
+        | "ClientException"
+        | "PlatformUnknownException"
+        | "PlatformTaskDefinitionIncompatibilityException"
+        | "UnsupportedFeatureException" => (
+            ErrorCode::InvalidConfiguration,
+            format!("{what}: ECS refused the request: {message}"),
+        ),
+        "LimitExceededException" | "ServiceQuotaExceededException" => (
+            ErrorCode::QuotaExceeded,
+            format!("{what}: an ECS limit would be exceeded: {message}"),
+        ),
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException" => (
+            ErrorCode::PermissionDenied,
+            format!("{what}: the worker's AWS credentials may not do this"),
+        ),
+        "ServiceNotFoundException" | "ServiceNotActiveException" | "TaskSetNotFoundException" => {
+            (ErrorCode::NotFound, format!("{what}: {message}"))
+        }
+        "ConflictException" | "ResourceInUseException" | "UpdateInProgressException" => (
+            ErrorCode::Conflict,
+            format!("{what}: a concurrent change got there first: {message}"),
+        ),
+        _ if status >= 500 => (
+            ErrorCode::ProviderTemporarilyUnavailable,
+            format!("{what}: ECS answered HTTP {status}"),
+        ),
+        _ if status == 429 => (
+            ErrorCode::Throttled,
+            format!("{what}: ECS is throttling requests"),
+        ),
+        _ => (
+            ErrorCode::Internal,
+            format!("{what}: unexpected ECS error {code}: {message}"),
+        ),
+    };
+    let mut e = ComputeError::new(ours, text).with_provider(PROVIDER, Some(code));
+    if ours == ErrorCode::Throttled {
+        e = e.with_retry_after(Duration::from_secs(2));
+    }
+    if !message.is_empty() {
+        e = e.with_root_cause(message);
+    }
+    e
+}
+
+/// What the observer last saw of one service.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    service: Option<Service>,
+    seen_at: Instant,
+}
+
+#[derive(Default)]
+struct ObserverState {
+    /// Service name -> when an execution last asked about it.
+    interest: HashMap<String, Instant>,
+    snapshots: HashMap<String, Snapshot>,
+    describe_calls: u64,
+}
+
+/// One per worker and cluster: describes every in-flight service in batches of 10.
+pub struct Observer {
+    client: Client,
+    cluster: String,
+    interval: Duration,
+    state: Mutex<ObserverState>,
+    tick: watch::Sender<u64>,
+}
+
+impl Observer {
+    fn new(client: Client, cluster: String, interval: Duration) -> Arc<Self> {
+        let (tick, _) = watch::channel(0);
+        let observer = Arc::new(Observer {
+            client,
+            cluster,
+            interval,
+            state: Mutex::new(ObserverState::default()),
+            tick,
+        });
+        let weak = Arc::downgrade(&observer);
+        tokio::spawn(async move {
+            loop {
+                let Some(o) = weak.upgrade() else { return };
+                o.cycle().await;
+                let interval = o.interval;
+                drop(o);
+                tokio::time::sleep(interval).await;
+            }
+        });
+        observer
+    }
+
+    /// `DescribeServices` calls made so far (for the benchmark).
+    pub fn describe_calls(&self) -> u64 {
+        self.state.lock().unwrap().describe_calls
+    }
+
+    async fn cycle(&self) {
+        let names: Vec<String> = {
+            let mut st = self.state.lock().unwrap();
+            // Forget services nobody asked about for a while (their executions ended).
+            let stale = self.interval * 5 + Duration::from_secs(10);
+            st.interest.retain(|_, at| at.elapsed() < stale);
+            st.interest.keys().cloned().collect()
+        };
+        if names.is_empty() {
+            return;
+        }
+        for chunk in names.chunks(10) {
+            let result = self
+                .client
+                .describe_services()
+                .cluster(&self.cluster)
+                .set_services(Some(chunk.to_vec()))
+                .send()
+                .await;
+            let mut st = self.state.lock().unwrap();
+            st.describe_calls += 1;
+            match result {
+                Ok(out) => {
+                    let now = Instant::now();
+                    for name in chunk {
+                        let service = out
+                            .services()
+                            .iter()
+                            .find(|s| s.service_name() == Some(name.as_str()))
+                            .cloned();
+                        tracing::debug!(service = %name, status = ?service.as_ref().and_then(|s| s.status()), running = ?service.as_ref().map(|s| s.running_count()), "Described ECS service.");
+                        st.snapshots.insert(
+                            name.clone(),
+                            Snapshot {
+                                service,
+                                seen_at: now,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    let e = classify("DescribeServices", &e, &self.cluster);
+                    tracing::warn!(code = %e.code, error = %e.message, "Observing ECS services failed; will retry.");
+                }
+            }
+        }
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// The service as described after `since`, waiting up to `within` for a cycle.
+    async fn snapshot(&self, name: &str, since: Instant, within: Duration) -> Option<Snapshot> {
+        self.state
+            .lock()
+            .unwrap()
+            .interest
+            .insert(name.to_string(), Instant::now());
+        let mut rx = self.tick.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.state.lock().unwrap().snapshots.get(name)
+                && s.seen_at >= since
+            {
+                return Some(s.clone());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
+/// The ECS provider.
+pub struct EcsProvider {
+    client: Client,
+    config: EcsConfig,
+    observer: Arc<Observer>,
+}
+
+impl EcsProvider {
+    /// Builds the provider from the standard AWS configuration chain (credentials, region,
+    /// `AWS_ENDPOINT_URL_ECS` / `AWS_ENDPOINT_URL`).
+    pub async fn new(config: EcsConfig) -> Result<Self> {
+        if config.launch_type != "FARGATE" && config.launch_type != "EC2" {
+            return Err(ComputeError::invalid(
+                "--ecs-launch-type must be FARGATE or EC2",
+            ));
+        }
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let client = Client::new(&sdk);
+        Ok(Self::with_client(client, config))
+    }
+
+    /// Builds the provider over a given client (tests).
+    pub fn with_client(client: Client, config: EcsConfig) -> Self {
+        let observer = Observer::new(
+            client.clone(),
+            config.cluster.clone(),
+            Duration::from_millis(config.observe_interval_ms.max(10)),
+        );
+        EcsProvider {
+            client,
+            config,
+            observer,
+        }
+    }
+
+    /// The shared observer (for the benchmark's call count).
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    fn fargate(&self) -> bool {
+        self.config.launch_type == "FARGATE"
+    }
+
+    fn tags(&self, op: &OperationContext, metadata: &BTreeMap<String, String>) -> Vec<Tag> {
+        let mut tags: BTreeMap<String, String> = metadata.clone();
+        tags.insert("tenant-id".into(), op.tenant_id.clone());
+        tags.insert("execution-id".into(), op.execution_id.clone());
+        tags.insert("managed-by".into(), "compute-worker".into());
+        tags.into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect()
+    }
+
+    /// The container and task settings a spec renders to, with a hash to compare revisions.
+    fn render(&self, spec: &ComputeSpec) -> Result<(ContainerDefinition, String, String, String)> {
+        let image = spec
+            .image
+            .clone()
+            .ok_or_else(|| ComputeError::invalid("spec.image: is required by the ECS provider"))?;
+        let cpu_units = spec
+            .cpu
+            .map_or(256, |c| (c * 1024.0).round() as i32)
+            .max(128);
+        let memory = spec.memory.map_or(512, |m| m as i32);
+        let mut env: BTreeMap<&String, &String> = spec.config.iter().collect();
+        env.extend(spec.env.iter());
+        let mut secrets = Vec::new();
+        for (i, s) in spec.secrets.iter().enumerate() {
+            let value_from = s.value_from.clone().ok_or_else(|| {
+                ComputeError::invalid(format!(
+                    "spec.secrets[{i}].valueFrom: the ECS provider needs an SSM or Secrets Manager reference"
+                ))
+            })?;
+            secrets.push(
+                Secret::builder()
+                    .name(&s.name)
+                    .value_from(value_from)
+                    .build()
+                    .map_err(|e| ComputeError::internal(format!("building a secret: {e}")))?,
+            );
+        }
+        let mut container = ContainerDefinition::builder()
+            .name(CONTAINER)
+            .image(&image)
+            .essential(true)
+            .memory(memory)
+            .set_entry_point((!spec.command.is_empty()).then(|| spec.command.clone()))
+            .set_command((!spec.args.is_empty()).then(|| spec.args.clone()))
+            .set_environment(Some(
+                env.iter()
+                    .map(|(k, v)| KeyValuePair::builder().name(*k).value(*v).build())
+                    .collect(),
+            ))
+            .set_secrets(Some(secrets));
+        if let Some(port) = spec.port {
+            container =
+                container.port_mappings(PortMapping::builder().container_port(port as i32).build());
+        }
+        if let Some(group) = &self.config.log_group {
+            container = container.log_configuration(
+                LogConfiguration::builder()
+                    .log_driver(LogDriver::Awslogs)
+                    .options("awslogs-group", group)
+                    .options("awslogs-stream-prefix", "tenant")
+                    .build()
+                    .map_err(|e| {
+                        ComputeError::internal(format!("building the log configuration: {e}"))
+                    })?,
+            );
+        }
+        let container = container.build();
+        // Secrets are references, so hashing the rendered form hashes no secret value.
+        let fingerprint = format!(
+            "{:?}|{cpu_units}|{memory}|{:?}|{:?}|{}",
+            container,
+            self.config.execution_role_arn,
+            self.config.task_role_arn,
+            self.config.launch_type
+        );
+        let hash: String = Sha256::digest(fingerprint.as_bytes())
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((container, cpu_units.to_string(), memory.to_string(), hash))
+    }
+
+    /// The task definition for `spec`: the family's latest revision when it renders the same,
+    /// else a new revision.
+    async fn ensure_task_definition(
+        &self,
+        op: &OperationContext,
+        spec: &ComputeSpec,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let family = service_name(&op.tenant_id);
+        let (container, cpu, memory, hash) = self.render(spec)?;
+        let latest = self
+            .client
+            .describe_task_definition()
+            .task_definition(&family)
+            .include(TaskDefinitionField::Tags)
+            .send()
+            .await;
+        match latest {
+            Ok(out) => {
+                let same = out
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(SPEC_HASH_TAG) && t.value() == Some(hash.as_str()));
+                let active = out.task_definition().and_then(|t| t.status())
+                    == Some(&TaskDefinitionStatus::Active);
+                if same
+                    && active
+                    && let Some(arn) = out.task_definition().and_then(|t| t.task_definition_arn())
+                {
+                    return Ok(arn.to_string());
+                }
+            }
+            // A family that does not exist yet is described as a ClientException.
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ClientException") => {}
+            Err(e) => return Err(classify("DescribeTaskDefinition", &e, &self.config.cluster)),
+        }
+        let mut tags = self.tags(op, metadata);
+        tags.push(Tag::builder().key(SPEC_HASH_TAG).value(&hash).build());
+        let mut req = self
+            .client
+            .register_task_definition()
+            .family(&family)
+            .container_definitions(container)
+            .cpu(cpu)
+            .memory(memory)
+            .set_execution_role_arn(self.config.execution_role_arn.clone())
+            .set_task_role_arn(self.config.task_role_arn.clone())
+            .set_tags(Some(tags));
+        if self.fargate() || !self.config.subnets.is_empty() {
+            req = req.network_mode(NetworkMode::Awsvpc);
+        }
+        if self.fargate() {
+            req = req.requires_compatibilities(Compatibility::Fargate);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("RegisterTaskDefinition", &e, &self.config.cluster))?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ComputeError::internal("RegisterTaskDefinition returned no ARN")
+                    .with_provider(PROVIDER, None)
+            })
+    }
+
+    async fn describe(&self, name: &str) -> Result<Option<Service>> {
+        let out = self
+            .client
+            .describe_services()
+            .cluster(&self.config.cluster)
+            .services(name)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeServices", &e, &self.config.cluster))?;
+        if let Some(f) = out
+            .failures()
+            .iter()
+            .find(|f| f.reason() != Some("MISSING"))
+        {
+            return Err(classify_code(
+                "DescribeServices",
+                f.reason().unwrap_or("Failure"),
+                f.detail().unwrap_or_default(),
+                200,
+                &self.config.cluster,
+            ));
+        }
+        Ok(out
+            .services()
+            .iter()
+            .find(|s| s.status() != Some("INACTIVE"))
+            .cloned())
+    }
+
+    fn network(&self) -> Result<Option<NetworkConfiguration>> {
+        if !self.fargate() && self.config.subnets.is_empty() {
+            return Ok(None);
+        }
+        if self.config.subnets.is_empty() {
+            return Err(ComputeError::invalid(
+                "--ecs-subnets: FARGATE services need subnets (and --ecs-security-groups)",
+            ));
+        }
+        let vpc = AwsVpcConfiguration::builder()
+            .set_subnets(Some(self.config.subnets.clone()))
+            .set_security_groups(Some(self.config.security_groups.clone()))
+            .assign_public_ip(if self.config.assign_public_ip {
+                AssignPublicIp::Enabled
+            } else {
+                AssignPublicIp::Disabled
+            })
+            .build()
+            .map_err(|e| {
+                ComputeError::internal(format!("building the network configuration: {e}"))
+            })?;
+        Ok(Some(
+            NetworkConfiguration::builder()
+                .awsvpc_configuration(vpc)
+                .build(),
+        ))
+    }
+
+    fn ids(service: &Service) -> ResourceIds {
+        ResourceIds {
+            ecs_service_arn: service.service_arn().map(str::to_string),
+            task_definition_arn: service.task_definition().map(str::to_string),
+            ..ResourceIds::default()
+        }
+    }
+
+    async fn task_arns(&self, name: &str) -> Vec<String> {
+        match self
+            .client
+            .list_tasks()
+            .cluster(&self.config.cluster)
+            .service_name(name)
+            .send()
+            .await
+        {
+            Ok(out) => out.task_arns().to_vec(),
+            Err(e) => {
+                let e = classify("ListTasks", &e, &self.config.cluster);
+                tracing::warn!(code = %e.code, error = %e.message, "Listing the service's tasks failed.");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The tags a request's metadata asks for (labels, owner, environment).
+fn metadata_tags(op: &OperationContext) -> BTreeMap<String, String> {
+    let mut tags = op.metadata.labels.clone();
+    if let Some(owner) = &op.metadata.owner {
+        tags.insert("owner".into(), owner.clone());
+    }
+    if let Some(env) = &op.metadata.environment {
+        tags.insert("environment".into(), env.clone());
+    }
+    tags
+}
+
+#[async_trait]
+impl ComputeProvider for EcsProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn validate(&self, spec: &ComputeSpec) -> Result<()> {
+        if spec.image.is_none() {
+            return Err(ComputeError::invalid(
+                "spec.image: is required by the ECS provider",
+            ));
+        }
+        for (i, s) in spec.secrets.iter().enumerate() {
+            match &s.value_from {
+                Some(v) if !v.starts_with("env:") && !v.starts_with("file:") => {}
+                _ => {
+                    return Err(ComputeError::invalid(format!(
+                        "spec.secrets[{i}].valueFrom: the ECS provider needs an SSM parameter or Secrets Manager ARN"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn provision(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<ResourceIds> {
+        let name = service_name(&op.tenant_id);
+        if let Some(existing) = self.describe(&name).await? {
+            tracing::info!(service = %name, "ECS service exists; returning it.");
+            return Ok(Self::ids(&existing));
+        }
+        let metadata = metadata_tags(op);
+        let task_definition = self.ensure_task_definition(op, spec, &metadata).await?;
+        let created = self
+            .client
+            .create_service()
+            .cluster(&self.config.cluster)
+            .service_name(&name)
+            .task_definition(&task_definition)
+            .desired_count(spec.replicas.unwrap_or(1) as i32)
+            .launch_type(if self.fargate() {
+                LaunchType::Fargate
+            } else {
+                LaunchType::Ec2
+            })
+            .set_network_configuration(self.network()?)
+            .client_token(client_token(&op.execution_id))
+            .set_tags(Some(self.tags(op, &metadata)))
+            .send()
+            .await;
+        match created {
+            Ok(out) => out.service().map(Self::ids).ok_or_else(|| {
+                ComputeError::internal("CreateService returned no service")
+                    .with_provider(PROVIDER, None)
+            }),
+            Err(e) => {
+                let err = classify("CreateService", &e, &self.config.cluster);
+                // A concurrent provision may have created it in between: return that one.
+                if let Ok(Some(existing)) = self.describe(&name).await {
+                    return Ok(Self::ids(&existing));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        op: &OperationContext,
+        _current: &CurrentState,
+        desired: &ComputeSpec,
+    ) -> Result<ResourceIds> {
+        let name = service_name(&op.tenant_id);
+        if self.describe(&name).await?.is_none() {
+            return Err(ComputeError::new(
+                ErrorCode::NotFound,
+                format!("the tenant has no ECS service {name}; provision it first"),
+            )
+            .with_provider(PROVIDER, Some("ServiceNotFoundException")));
+        }
+        let task_definition = self
+            .ensure_task_definition(op, desired, &metadata_tags(op))
+            .await?;
+        let out = self
+            .client
+            .update_service()
+            .cluster(&self.config.cluster)
+            .service(&name)
+            .task_definition(&task_definition)
+            .desired_count(desired.replicas.unwrap_or(1) as i32)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateService", &e, &self.config.cluster))?;
+        let mut ids = out.service().map(Self::ids).unwrap_or_default();
+        ids.task_definition_arn = Some(task_definition);
+        Ok(ids)
+    }
+
+    async fn delete(&self, op: &OperationContext, _current: &CurrentState) -> Result<ResourceIds> {
+        let name = service_name(&op.tenant_id);
+        let mut ids = ResourceIds::default();
+        if let Some(service) = self.describe(&name).await? {
+            ids = Self::ids(&service);
+            if service.desired_count() > 0 {
+                match self
+                    .client
+                    .update_service()
+                    .cluster(&self.config.cluster)
+                    .service(&name)
+                    .desired_count(0)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) => {
+                        let e = classify("UpdateService", &e, &self.config.cluster);
+                        if e.code != ErrorCode::NotFound {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            match self
+                .client
+                .delete_service()
+                .cluster(&self.config.cluster)
+                .service(&name)
+                .force(true)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    let e = classify("DeleteService", &e, &self.config.cluster);
+                    if e.code != ErrorCode::NotFound {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let defs = self
+            .client
+            .list_task_definitions()
+            .family_prefix(&name)
+            .send()
+            .await
+            .map_err(|e| classify("ListTaskDefinitions", &e, &self.config.cluster))?;
+        for arn in defs.task_definition_arns() {
+            // The prefix also matches `tenant-<id>-...` of other tenants: keep to this family.
+            let family = arn
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.rsplit_once(':'))
+                .map(|(f, _)| f);
+            if family != Some(name.as_str()) {
+                continue;
+            }
+            self.client
+                .deregister_task_definition()
+                .task_definition(arn)
+                .send()
+                .await
+                .map_err(|e| classify("DeregisterTaskDefinition", &e, &self.config.cluster))?;
+        }
+        Ok(ids)
+    }
+
+    async fn observe(&self, op: &OperationContext, resources: &ResourceIds) -> Result<Observation> {
+        let name = service_name(&op.tenant_id);
+        let since = Instant::now();
+        let within = self.observer.interval * 2 + Duration::from_secs(1);
+        let Some(snapshot) = self.observer.snapshot(&name, since, within).await else {
+            return Ok(Observation::InProgress(Progress {
+                message: "waiting for the next ECS observation".into(),
+                ..Progress::default()
+            }));
+        };
+        match (op.operation, snapshot.service) {
+            (Operation::Delete, None) => Ok(Observation::Succeeded(resources.clone())),
+            (Operation::Delete, Some(s)) if s.status() == Some("INACTIVE") => {
+                Ok(Observation::Succeeded(resources.clone()))
+            }
+            (Operation::Delete, Some(s)) => Ok(Observation::InProgress(Progress {
+                message: format!("service is {}", s.status().unwrap_or("draining")),
+                ready: Some(s.running_count().max(0) as u32),
+                desired: Some(0),
+            })),
+            (_, None) => Ok(Observation::Failed(
+                ComputeError::new(
+                    ErrorCode::NotFound,
+                    format!("the ECS service {name} disappeared"),
+                )
+                .with_provider(PROVIDER, Some("MISSING")),
+            )),
+            (_, Some(s)) => {
+                let wanted = resources.task_definition_arn.as_deref();
+                let primary = s
+                    .deployments()
+                    .iter()
+                    .find(|d| d.status() == Some("PRIMARY"));
+                let Some(primary) = primary else {
+                    return Ok(Observation::InProgress(Progress {
+                        message: "no primary deployment yet".into(),
+                        ..Progress::default()
+                    }));
+                };
+                if wanted.is_some() && primary.task_definition() != wanted {
+                    // Real ECS starts a new PRIMARY deployment on UpdateService. An API that
+                    // only switches the service's task definition (moto) is done once that
+                    // switch is made and nothing is rolling out or pending.
+                    let switched = s.task_definition() == wanted
+                        && s.running_count() >= s.desired_count()
+                        && s.pending_count() == 0
+                        && s.deployments().iter().all(|d| {
+                            d.rollout_state() != Some(&DeploymentRolloutState::InProgress)
+                        });
+                    if switched {
+                        let mut ids = Self::ids(&s);
+                        ids.ecs_task_arns = self.task_arns(&name).await;
+                        return Ok(Observation::Succeeded(ids));
+                    }
+                    return Ok(Observation::InProgress(Progress {
+                        message: "waiting for the new deployment".into(),
+                        ..Progress::default()
+                    }));
+                }
+                let progress = Progress {
+                    message: format!(
+                        "{} of {} tasks running",
+                        primary.running_count(),
+                        primary.desired_count()
+                    ),
+                    ready: Some(primary.running_count().max(0) as u32),
+                    desired: Some(primary.desired_count().max(0) as u32),
+                };
+                match primary.rollout_state() {
+                    Some(DeploymentRolloutState::Failed) => Ok(Observation::Failed(
+                        ComputeError::new(
+                            ErrorCode::WorkloadFailed,
+                            format!(
+                                "the ECS deployment failed: {}",
+                                primary.rollout_state_reason().unwrap_or("no reason given")
+                            ),
+                        )
+                        .with_provider(PROVIDER, Some("DeploymentFailed")),
+                    )),
+                    Some(DeploymentRolloutState::Completed) => {
+                        let mut ids = Self::ids(&s);
+                        ids.ecs_task_arns = self.task_arns(&name).await;
+                        Ok(Observation::Succeeded(ids))
+                    }
+                    _ if primary.running_count() >= primary.desired_count()
+                        && primary.pending_count() == 0
+                        && s.deployments().len() == 1 =>
+                    {
+                        let mut ids = Self::ids(&s);
+                        ids.ecs_task_arns = self.task_arns(&name).await;
+                        Ok(Observation::Succeeded(ids))
+                    }
+                    _ => Ok(Observation::InProgress(progress)),
+                }
+            }
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.observer.interval
+    }
+}
