@@ -118,12 +118,23 @@ where
         }
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
-            let code = se.err().code().unwrap_or("Unknown").to_string();
-            let message = se.err().message().unwrap_or_default().to_string();
+            let (code, message) = service_error_code(se.err());
             classify_code(what, &code, &message, status, cluster)
         }
         _ => unavailable(format!("{what}: unexpected SDK error")).with_provider(PROVIDER, None),
     }
+}
+
+/// ECS's name for a service error, and its message.
+fn service_error_code<E: ProvideErrorMetadata + std::error::Error>(err: &E) -> (String, String) {
+    // A modelled error built without wire metadata has no `code()`; its Display starts with
+    // the modelled shape's name, which is the same name.
+    let display = err.to_string();
+    let (shape, detail) = display.split_once(':').unwrap_or((display.as_str(), ""));
+    (
+        err.code().unwrap_or(shape.trim()).to_string(),
+        err.message().unwrap_or(detail.trim()).to_string(),
+    )
 }
 
 /// The table from ECS's error names (and HTTP status) to our codes.
@@ -374,6 +385,26 @@ impl EcsProvider {
         &self.observer
     }
 
+    /// The ECS provider's own checks: an image, and secrets as SSM / Secrets Manager references.
+    pub fn validate_spec(spec: &ComputeSpec) -> Result<()> {
+        if spec.image.is_none() {
+            return Err(ComputeError::invalid(
+                "spec.image: is required by the ECS provider",
+            ));
+        }
+        for (i, s) in spec.secrets.iter().enumerate() {
+            match &s.value_from {
+                Some(v) if !v.starts_with("env:") && !v.starts_with("file:") => {}
+                _ => {
+                    return Err(ComputeError::invalid(format!(
+                        "spec.secrets[{i}].valueFrom: the ECS provider needs an SSM parameter or Secrets Manager ARN"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn fargate(&self) -> bool {
         self.config.launch_type == "FARGATE"
     }
@@ -495,7 +526,11 @@ impl EcsProvider {
                 }
             }
             // A family that does not exist yet is described as a ClientException.
-            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ClientException") => {}
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| service_error_code(s).0)
+                    .as_deref()
+                    == Some("ClientException") => {}
             Err(e) => return Err(classify("DescribeTaskDefinition", &e, &self.config.cluster)),
         }
         let mut tags = self.tags(op, metadata);
@@ -632,22 +667,7 @@ impl ComputeProvider for EcsProvider {
     }
 
     fn validate(&self, spec: &ComputeSpec) -> Result<()> {
-        if spec.image.is_none() {
-            return Err(ComputeError::invalid(
-                "spec.image: is required by the ECS provider",
-            ));
-        }
-        for (i, s) in spec.secrets.iter().enumerate() {
-            match &s.value_from {
-                Some(v) if !v.starts_with("env:") && !v.starts_with("file:") => {}
-                _ => {
-                    return Err(ComputeError::invalid(format!(
-                        "spec.secrets[{i}].valueFrom: the ECS provider needs an SSM parameter or Secrets Manager ARN"
-                    )));
-                }
-            }
-        }
-        Ok(())
+        Self::validate_spec(spec)
     }
 
     async fn provision(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<ResourceIds> {
@@ -892,5 +912,381 @@ impl ComputeProvider for EcsProvider {
 
     fn poll_interval(&self) -> Duration {
         self.observer.interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ecs::{
+        operation::{
+            create_service::{CreateServiceError, CreateServiceOutput},
+            delete_service::DeleteServiceError,
+            describe_services::DescribeServicesOutput,
+            describe_task_definition::DescribeTaskDefinitionError,
+            list_task_definitions::ListTaskDefinitionsOutput,
+            register_task_definition::RegisterTaskDefinitionOutput,
+        },
+        types::{
+            Failure, TaskDefinition,
+            error::{
+                AccessDeniedException, ClientException, ClusterNotFoundException,
+                InvalidParameterException, PlatformUnknownException, ServerException,
+                ServiceNotFoundException, UnsupportedFeatureException,
+            },
+        },
+    };
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+    use crate::contract::Metadata;
+
+    fn op(operation: Operation) -> OperationContext {
+        OperationContext {
+            execution_id: "acme-provision-0011223344556677".into(),
+            tenant_id: "acme".into(),
+            operation,
+            metadata: Metadata {
+                owner: Some("alice".into()),
+                ..Metadata::default()
+            },
+        }
+    }
+
+    fn spec() -> ComputeSpec {
+        ComputeSpec {
+            image: Some("nginx:1.25".into()),
+            ..ComputeSpec::default()
+        }
+    }
+
+    fn config() -> EcsConfig {
+        EcsConfig {
+            cluster: "prod".into(),
+            subnets: vec!["subnet-1".into()],
+            security_groups: vec!["sg-1".into()],
+            observe_interval_ms: 50,
+            ..EcsConfig::default()
+        }
+    }
+
+    fn no_service() -> DescribeServicesOutput {
+        DescribeServicesOutput::builder()
+            .failures(
+                Failure::builder()
+                    .arn("tenant-acme")
+                    .reason("MISSING")
+                    .build(),
+            )
+            .build()
+    }
+
+    fn family_missing() -> DescribeTaskDefinitionError {
+        DescribeTaskDefinitionError::ClientException(
+            ClientException::builder()
+                .message("Unable to describe task definition.")
+                .build(),
+        )
+    }
+
+    async fn provision_failing_with(
+        error: impl Fn() -> CreateServiceError + Send + Sync + 'static,
+    ) -> ComputeError {
+        let describe = mock!(Client::describe_services).then_output(no_service);
+        let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+        let register = mock!(Client::register_task_definition).then_output(|| {
+            RegisterTaskDefinitionOutput::builder()
+                .task_definition(
+                    TaskDefinition::builder()
+                        .task_definition_arn("arn:td:1")
+                        .build(),
+                )
+                .build()
+        });
+        let create = mock!(Client::create_service).then_error(error);
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register, &create]
+        );
+        let provider = EcsProvider::with_client(client, config());
+        provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .expect_err("the create fails")
+    }
+
+    #[tokio::test]
+    async fn every_modelled_create_service_error_maps_to_the_table() {
+        let cases: Vec<(fn() -> CreateServiceError, ErrorCode, &str)> = vec![
+            (
+                || {
+                    CreateServiceError::ServerException(
+                        ServerException::builder().message("boom").build(),
+                    )
+                },
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "ServerException",
+            ),
+            (
+                || {
+                    CreateServiceError::ClusterNotFoundException(
+                        ClusterNotFoundException::builder().build(),
+                    )
+                },
+                ErrorCode::InvalidConfiguration,
+                "ClusterNotFoundException",
+            ),
+            (
+                || {
+                    CreateServiceError::InvalidParameterException(
+                        InvalidParameterException::builder()
+                            .message("bad cpu")
+                            .build(),
+                    )
+                },
+                ErrorCode::InvalidConfiguration,
+                "InvalidParameterException",
+            ),
+            (
+                || CreateServiceError::ClientException(ClientException::builder().build()),
+                ErrorCode::InvalidConfiguration,
+                "ClientException",
+            ),
+            (
+                || {
+                    CreateServiceError::AccessDeniedException(
+                        AccessDeniedException::builder().build(),
+                    )
+                },
+                ErrorCode::PermissionDenied,
+                "AccessDeniedException",
+            ),
+            (
+                || {
+                    CreateServiceError::PlatformUnknownException(
+                        PlatformUnknownException::builder().build(),
+                    )
+                },
+                ErrorCode::InvalidConfiguration,
+                "PlatformUnknownException",
+            ),
+            (
+                || {
+                    CreateServiceError::UnsupportedFeatureException(
+                        UnsupportedFeatureException::builder().build(),
+                    )
+                },
+                ErrorCode::InvalidConfiguration,
+                "UnsupportedFeatureException",
+            ),
+        ];
+        for (error, code, provider_code) in cases {
+            let e = provision_failing_with(error).await;
+            assert_eq!(e.code, code, "{provider_code}: {e:?}");
+            assert_eq!(e.provider_code.as_deref(), Some(provider_code));
+            assert_eq!(e.provider.as_deref(), Some("ecs"));
+            assert_eq!(
+                e.retriable,
+                code.classification() == crate::error::Classification::Retriable
+            );
+            if code == ErrorCode::InvalidConfiguration
+                && provider_code == "ClusterNotFoundException"
+            {
+                assert!(
+                    e.message.contains("\"prod\""),
+                    "names the cluster: {}",
+                    e.message
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unmodelled_errors_map_by_name_and_status() {
+        let t = classify_code(
+            "CreateService",
+            "ThrottlingException",
+            "Rate exceeded",
+            400,
+            "c",
+        );
+        assert_eq!(t.code, ErrorCode::Throttled);
+        assert!(t.retry_after_ms.is_some());
+        assert_eq!(
+            classify_code("X", "LimitExceededException", "", 400, "c").code,
+            ErrorCode::QuotaExceeded
+        );
+        assert_eq!(
+            classify_code("X", "ServiceUnavailableException", "", 503, "c").code,
+            ErrorCode::ProviderTemporarilyUnavailable
+        );
+        assert_eq!(
+            classify_code("X", "Weird", "", 502, "c").code,
+            ErrorCode::ProviderTemporarilyUnavailable
+        );
+        assert_eq!(
+            classify_code("X", "Weird", "", 429, "c").code,
+            ErrorCode::Throttled
+        );
+        assert_eq!(
+            classify_code("X", "ServiceNotFoundException", "", 400, "c").code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            classify_code("X", "Weird", "", 400, "c").code,
+            ErrorCode::Internal
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_http_errors_are_classified() {
+        for (status, body, header, expected) in [
+            (
+                400,
+                r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+                "ThrottlingException",
+                ErrorCode::Throttled,
+            ),
+            (
+                503,
+                r#"{"__type":"ServiceUnavailableException"}"#,
+                "ServiceUnavailableException",
+                ErrorCode::ProviderTemporarilyUnavailable,
+            ),
+        ] {
+            let describe = mock!(Client::describe_services).then_http_response(move || {
+                let mut r =
+                    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body));
+                r.headers_mut().insert("x-amzn-ErrorType", header);
+                r
+            });
+            let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe], |c| c
+                .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled()));
+            let provider = EcsProvider::with_client(client, config());
+            let e = provider
+                .provision(&op(Operation::Provision), &spec())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, expected, "{e:?}");
+            assert!(e.retriable);
+        }
+    }
+
+    #[tokio::test]
+    async fn provision_returns_an_existing_service_without_creating() {
+        let describe = mock!(Client::describe_services).then_output(|| {
+            DescribeServicesOutput::builder()
+                .services(
+                    Service::builder()
+                        .service_name("tenant-acme")
+                        .service_arn("arn:svc")
+                        .status("ACTIVE")
+                        .task_definition("arn:td:3")
+                        .build(),
+                )
+                .build()
+        });
+        let create =
+            mock!(Client::create_service).then_output(|| CreateServiceOutput::builder().build());
+        let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe, &create]);
+        let provider = EcsProvider::with_client(client, config());
+        let ids = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap();
+        assert_eq!(ids.ecs_service_arn.as_deref(), Some("arn:svc"));
+        assert_eq!(ids.task_definition_arn.as_deref(), Some("arn:td:3"));
+        assert_eq!(create.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lost_create_response_finds_the_created_service() {
+        // The create went through but its answer was lost: the second look-up finds it.
+        let describe = mock!(Client::describe_services)
+            .sequence()
+            .output(no_service)
+            .output(|| {
+                DescribeServicesOutput::builder()
+                    .services(
+                        Service::builder()
+                            .service_name("tenant-acme")
+                            .service_arn("arn:svc")
+                            .status("ACTIVE")
+                            .build(),
+                    )
+                    .build()
+            })
+            .build();
+        let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+        let register = mock!(Client::register_task_definition).then_output(|| {
+            RegisterTaskDefinitionOutput::builder()
+                .task_definition(
+                    TaskDefinition::builder()
+                        .task_definition_arn("arn:td:1")
+                        .build(),
+                )
+                .build()
+        });
+        let create = mock!(Client::create_service).then_http_response(|| {
+            HttpResponse::new(StatusCode::try_from(500).unwrap(), SdkBody::from("{}"))
+        });
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register, &create],
+            |c| c.retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+        );
+        let provider = EcsProvider::with_client(client, config());
+        let ids = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap();
+        assert_eq!(ids.ecs_service_arn.as_deref(), Some("arn:svc"));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_missing_service_succeeds() {
+        let describe = mock!(Client::describe_services).then_output(no_service);
+        let delete = mock!(Client::delete_service).then_error(|| {
+            DeleteServiceError::ServiceNotFoundException(
+                ServiceNotFoundException::builder().build(),
+            )
+        });
+        let list = mock!(Client::list_task_definitions)
+            .then_output(|| ListTaskDefinitionsOutput::builder().build());
+        let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe, &delete, &list]);
+        let provider = EcsProvider::with_client(client, config());
+        let ids = provider
+            .delete(&op(Operation::Delete), &CurrentState::default())
+            .await
+            .unwrap();
+        assert!(ids.is_empty());
+        assert_eq!(delete.num_calls(), 0);
+    }
+
+    #[test]
+    fn validation_and_names() {
+        let provider_spec = ComputeSpec::default();
+        let e = EcsProvider::validate_spec(&provider_spec).unwrap_err();
+        assert!(e.message.starts_with("spec.image"));
+        let mut s = spec();
+        s.secrets.push(crate::contract::SecretRef {
+            name: "DB".into(),
+            value_from: Some("env:DB".into()),
+            secret_key_ref: None,
+        });
+        assert!(
+            EcsProvider::validate_spec(&s)
+                .unwrap_err()
+                .message
+                .starts_with("spec.secrets[0].valueFrom")
+        );
+        assert_eq!(service_name("acme"), "tenant-acme");
+        let token = client_token("acme-provision-0011223344556677");
+        assert!(token.len() <= 36);
+        assert_eq!(token, client_token("acme-provision-0011223344556677"));
+        assert_ne!(token, client_token("acme-provision-0011223344556678"));
     }
 }
