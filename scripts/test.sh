@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 TEMPORAL_BIN=$(scripts/install-tools.sh)
 export TEMPORAL_BIN
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked

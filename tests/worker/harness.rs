@@ -144,12 +144,16 @@ pub struct TestWorker {
     child: Child,
     settle: String,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 /// Options of a test worker.
 pub struct WorkerOpts<'a> {
     pub settle: &'a str,
     pub env: Vec<(&'a str, String)>,
+    /// Extra arguments of `compute-worker run` (after the harness's own), such as
+    /// `--provider ecs --ecs-cluster ...`; a restart reuses them.
+    pub args: Vec<String>,
 }
 
 impl Default for WorkerOpts<'_> {
@@ -157,6 +161,7 @@ impl Default for WorkerOpts<'_> {
         WorkerOpts {
             settle: "300ms",
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -171,13 +176,15 @@ pub fn spawn_worker(name: &str, opts: WorkerOpts<'_>) -> TestWorker {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let child = start_worker_process(dir.path(), &task_queue, &settle, &env);
+    let args = opts.args;
+    let child = start_worker_process(dir.path(), &task_queue, &settle, &env, &args);
     let worker = TestWorker {
         dir,
         task_queue,
         child,
         settle,
         env,
+        args,
     };
     worker.wait_started(1);
     worker
@@ -188,6 +195,7 @@ fn start_worker_process(
     task_queue: &str,
     settle: &str,
     env: &[(String, String)],
+    args: &[String],
 ) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -203,6 +211,7 @@ fn start_worker_process(
         .arg(dir.join("local"))
         .args(["--local-settle", settle, "--local-stop-grace", "2s"])
         .args(["--log-format", "json"])
+        .args(args)
         .env("TEMPORAL_ADDRESS", server_address())
         .env(
             "RUST_LOG",
@@ -234,8 +243,13 @@ impl TestWorker {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         let started = self.log().matches("Worker started.").count();
-        self.child =
-            start_worker_process(self.dir.path(), &self.task_queue, &self.settle, &self.env);
+        self.child = start_worker_process(
+            self.dir.path(),
+            &self.task_queue,
+            &self.settle,
+            &self.env,
+            &self.args,
+        );
         self.wait_started(started + 1);
     }
 
@@ -525,4 +539,522 @@ fn start_time(pid: u64) -> Option<u64> {
         .nth(19)?
         .parse()
         .ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ECS rig: a moto server (the ECS API, one per test), a fault-injecting proxy in front of
+// it (tests/python/fault_proxy.py), and direct clients for assertions on moto's state.
+//
+// What moto does NOT model (tests must not pretend it does; see shared/test-rig.md):
+// - `clientToken` is ignored by CreateService, and CreateService with the name of an existing
+//   service silently REPLACES it: "one service in moto" cannot tell a duplicate create from
+//   none. The proxy's per-target counters (`FaultProxy::forwarded`) can.
+// - Deployments complete only because the server runs with `MOTO_ECS_SERVICE_RUNNING=1` (so
+//   a service with more than one replica never completes); UpdateService does not touch
+//   `deployments`; deleted services stay listed as INACTIVE.
+// - It validates awsvpc subnets and security groups against its EC2 model: fake ids such as
+//   `subnet-12345` are refused, so tests use the default VPC's ([`MotoServer::network`]).
+// ---------------------------------------------------------------------------------------------
+
+/// Python's scripts directory (where pip puts `temporal` and `moto_server`).
+fn python_scripts_dir() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .expect("python3 is required by the tests");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The `moto_server` executable: `$MOTO_SERVER_BIN`, or Python's scripts dir, or `$PATH`.
+pub fn moto_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MOTO_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = python_scripts_dir().join("moto_server");
+    if beside.exists() {
+        return beside;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("moto_server"))
+        .find(|p| p.exists());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "moto's server is missing (looked for {}): install it with `pip install 'moto[server]'` \
+             (scripts/install-tools.sh does)",
+            beside.display()
+        )
+    })
+}
+
+/// A helper server of one test, spawned by a dedicated thread that lives as long as the
+/// server (PR_SET_PDEATHSIG follows the spawning thread, so the server dies with the test
+/// binary), and killed when this is dropped.
+struct ServerProcess {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    exited: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ServerProcess {
+    fn spawn(mut cmd: Command) -> Result<Self> {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+            mpsc,
+        };
+        die_with_parent(&mut cmd);
+        let (started_tx, started_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let exited = Arc::new(AtomicBool::new(false));
+        let exited_in_thread = exited.clone();
+        let thread = std::thread::spawn(move || {
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok(()));
+            // Until told to stop (or the owner is gone): note an early exit, then kill.
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(Duration::from_millis(100))
+            {
+                if !exited_in_thread.load(Ordering::SeqCst)
+                    && matches!(child.try_wait(), Ok(Some(_)))
+                {
+                    exited_in_thread.store(true, Ordering::SeqCst);
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+        started_rx
+            .recv()
+            .context("the spawning thread died")?
+            .map_err(anyhow::Error::msg)?;
+        Ok(ServerProcess {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            exited,
+        })
+    }
+
+    fn exited(&self) -> bool {
+        self.exited.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a server on a free loopback port (a few ports are tried: another process may take
+/// the port between the probe and the bind) and waits until `ready(endpoint)`.
+fn start_local_server(
+    what: &str,
+    log: &Path,
+    command: impl Fn(u16) -> Command,
+    ready: impl Fn(&str) -> bool,
+) -> (ServerProcess, String) {
+    for _ in 0..3 {
+        let port = free_port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = command(port);
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let server =
+            ServerProcess::spawn(cmd).unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ready(&endpoint) {
+                return (server, endpoint);
+            }
+            if server.exited() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not answer on {endpoint} within 30 s:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!(
+        "{what} exited at start on three ports:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// One HTTP/1.1 exchange on a fresh connection to a loopback `http://host:port` endpoint:
+/// (status, body). Enough for moto's and the proxy's control endpoints.
+pub fn http(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let authority = endpoint
+        .strip_prefix("http://")
+        .context("an http:// endpoint")?
+        .trim_end_matches('/');
+    let addr: std::net::SocketAddr = authority.parse().context("a host:port endpoint")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the response headers")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let mut body = raw[end + 4..].to_vec();
+    if head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+    {
+        body = dechunk(&body)?;
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(raw.get(..size).context("short chunk")?);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+}
+
+/// The first `<tag>value</tag>` of an XML document.
+fn xml_first(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..start + len].to_string())
+}
+
+/// An ECS client for assertions and set-up, straight to `endpoint` (moto or the proxy), with
+/// the SDK's own retries off so an injected fault shows as it is.
+pub async fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    aws_sdk_ecs::Client::new(&conf)
+}
+
+/// The awsvpc network the rig's services use: moto's default VPC subnet and security group.
+#[derive(Debug, Clone)]
+pub struct EcsNetwork {
+    pub subnet: String,
+    pub security_group: String,
+}
+
+/// A moto server (the ECS, EC2 and SSM APIs, account 123456789012, region us-east-1) for one
+/// test, with `MOTO_ECS_SERVICE_RUNNING=1` so deployments complete; killed on drop.
+pub struct MotoServer {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+    _process: ServerProcess,
+}
+
+/// Starts a moto server on a free loopback port and waits until it answers.
+pub fn moto_server() -> MotoServer {
+    let bin = moto_server_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("moto.log");
+    let (process, endpoint) = start_local_server(
+        "moto_server",
+        &log,
+        |port| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env("MOTO_ECS_SERVICE_RUNNING", "1")
+                // Nothing in the test's environment may point moto elsewhere.
+                .env_remove("MOTO_CALL_RESET_API");
+            cmd
+        },
+        |endpoint| matches!(http(endpoint, "GET", "/moto-api/", &[], b""), Ok((200, _))),
+    );
+    MotoServer {
+        endpoint,
+        dir,
+        _process: process,
+    }
+}
+
+/// A fake SigV4 header: moto does not check signatures but routes by the credential scope.
+fn aws_authorization(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/{service}/aws4_request, \
+         SignedHeaders=host, Signature=0"
+    )
+}
+
+impl MotoServer {
+    /// Everything moto logged (one line per request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+    }
+
+    /// A client straight to moto (no proxy), for assertions and set-up.
+    pub async fn ecs(&self) -> aws_sdk_ecs::Client {
+        ecs_client(&self.endpoint).await
+    }
+
+    /// Wipes every model (`POST /moto-api/reset`).
+    pub fn reset(&self) {
+        let (status, body) = http(&self.endpoint, "POST", "/moto-api/reset", &[], b"").unwrap();
+        assert_eq!(status, 200, "moto reset: {body}");
+    }
+
+    /// A query-protocol call (EC2): the XML answer.
+    fn query(&self, service: &str, form: &str) -> String {
+        let auth = aws_authorization(service);
+        let (status, body) = http(
+            &self.endpoint,
+            "POST",
+            "/",
+            &[
+                ("Authorization", &auth),
+                (
+                    "Content-Type",
+                    "application/x-www-form-urlencoded; charset=utf-8",
+                ),
+            ],
+            form.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "moto {service} {form}: {body}");
+        body
+    }
+
+    /// A JSON-protocol call (SSM, ...): the JSON answer.
+    fn json_call(&self, service: &str, target: &str, input: &Value) -> Value {
+        let auth = aws_authorization(service);
+        let (status, body) = http(
+            &self.endpoint,
+            "POST",
+            "/",
+            &[
+                ("Authorization", &auth),
+                ("X-Amz-Target", target),
+                ("Content-Type", "application/x-amz-json-1.1"),
+            ],
+            input.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "moto {target}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// moto's default-VPC subnet and security group (moto refuses unknown ids).
+    pub fn network(&self) -> EcsNetwork {
+        let subnets = self.query(
+            "ec2",
+            "Action=DescribeSubnets&Version=2016-11-15\
+             &Filter.1.Name=default-for-az&Filter.1.Value.1=true",
+        );
+        let groups = self.query(
+            "ec2",
+            "Action=DescribeSecurityGroups&Version=2016-11-15\
+             &Filter.1.Name=group-name&Filter.1.Value.1=default",
+        );
+        EcsNetwork {
+            subnet: xml_first(&subnets, "subnetId").expect("moto has a default subnet"),
+            security_group: xml_first(&groups, "groupId")
+                .expect("moto has a default security group"),
+        }
+    }
+
+    /// Stores a SecureString parameter in moto's SSM and returns its ARN (what a spec's
+    /// `valueFrom` names).
+    pub fn ssm_put_secret(&self, name: &str, value: &str) -> String {
+        self.json_call(
+            "ssm",
+            "AmazonSSM.PutParameter",
+            &serde_json::json!({"Name": name, "Value": value, "Type": "SecureString"}),
+        );
+        let got = self.json_call(
+            "ssm",
+            "AmazonSSM.GetParameter",
+            &serde_json::json!({"Name": name, "WithDecryption": true}),
+        );
+        assert_eq!(got["Parameter"]["Value"], value);
+        got["Parameter"]["ARN"].as_str().unwrap().to_string()
+    }
+}
+
+/// What the fault proxy answers for an armed fault (see tests/python/fault_proxy.py).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // CloseAfterForward: for tests to come
+pub enum Fault {
+    /// HTTP 400 `ThrottlingException`.
+    Throttle,
+    /// HTTP 503 `ServiceUnavailableException`.
+    Unavailable,
+    /// Forwards the call (it takes effect), then answers HTTP 500 `InternalFailure`.
+    DropAfterForward,
+    /// Forwards the call, then closes the connection without an answer.
+    CloseAfterForward,
+    /// Closes the connection without an answer, forwarding nothing.
+    Close,
+}
+
+impl Fault {
+    fn mode(self) -> &'static str {
+        match self {
+            Fault::Throttle => "throttle",
+            Fault::Unavailable => "unavailable",
+            Fault::DropAfterForward => "drop_after_forward",
+            Fault::CloseAfterForward => "close_after_forward",
+            Fault::Close => "close",
+        }
+    }
+}
+
+/// The fault-injecting proxy in front of one moto server; killed on drop.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:<port>`: give it to the worker as `AWS_ENDPOINT_URL_ECS`.
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+    _process: ServerProcess,
+}
+
+/// Starts `tests/python/fault_proxy.py` in front of `upstream` and waits until it answers.
+pub fn fault_proxy(upstream: &str) -> FaultProxy {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fault_proxy.py");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("proxy.log");
+    let (process, endpoint) = start_local_server(
+        "the fault proxy",
+        &log,
+        |port| {
+            let mut cmd = Command::new("python3");
+            cmd.arg("-u")
+                .arg(&script)
+                .arg(upstream)
+                .arg(port.to_string());
+            cmd
+        },
+        |endpoint| matches!(http(endpoint, "GET", "/__stats", &[], b""), Ok((200, _))),
+    );
+    FaultProxy {
+        endpoint,
+        dir,
+        _process: process,
+    }
+}
+
+impl FaultProxy {
+    fn control(&self, method: &str, path: &str, body: &Value) -> Value {
+        let (status, text) = http(
+            &self.endpoint,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "fault proxy {method} {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Arms `fault` for the next `count` calls whose `X-Amz-Target` ends in `.target` (`*`:
+    /// any call); `count` -1 keeps it armed until [`clear`](Self::clear).
+    pub fn arm(&self, target: &str, count: i64, fault: Fault) {
+        self.arm_after(target, 0, count, fault);
+    }
+
+    /// Like [`arm`](Self::arm), after letting `skip` matching calls through.
+    pub fn arm_after(&self, target: &str, skip: u64, count: i64, fault: Fault) {
+        self.control(
+            "POST",
+            "/__faults",
+            &serde_json::json!({"target": target, "count": count, "mode": fault.mode(),
+                                "skip": skip}),
+        );
+    }
+
+    /// Clears every fault.
+    pub fn clear(&self) {
+        self.control("DELETE", "/__faults", &Value::Null);
+    }
+
+    /// `{"forwarded": {target: n}, "faulted": {target: n}}`.
+    pub fn stats(&self) -> Value {
+        self.control("GET", "/__stats", &Value::Null)
+    }
+
+    /// Calls of `target` that reached moto.
+    pub fn forwarded(&self, target: &str) -> u64 {
+        self.stats()["forwarded"][target].as_u64().unwrap_or(0)
+    }
+
+    /// Calls of `target` that got an injected fault.
+    pub fn faulted(&self, target: &str) -> u64 {
+        self.stats()["faulted"][target].as_u64().unwrap_or(0)
+    }
+
+    /// The most services one call of `target` named (DescribeServices takes at most 10).
+    pub fn max_batch(&self, target: &str) -> u64 {
+        self.stats()["maxBatch"][target].as_u64().unwrap_or(0)
+    }
+
+    /// One line per call the proxy handled.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
 }

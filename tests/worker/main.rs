@@ -2,6 +2,7 @@
 //! in Rust (TenantComputeWorkflow), Python (`temporalio`) and the `temporal` CLI.
 #![allow(missing_docs)]
 
+mod ecs;
 mod harness;
 
 use compute_activities::{contract::TenantState, store};

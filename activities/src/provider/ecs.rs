@@ -362,7 +362,13 @@ impl EcsProvider {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
-        let client = Client::new(&sdk);
+        // Retries belong to the activity layer, where each failure is classified, recorded
+        // in the execution's history and given the delay ECS asked for; SDK-level retries
+        // would hide throttling and resend a create whose answer was lost.
+        let conf = aws_sdk_ecs::config::Builder::from(&sdk)
+            .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+            .build();
+        let client = Client::from_conf(conf);
         Ok(Self::with_client(client, config))
     }
 
@@ -1019,7 +1025,8 @@ mod tests {
 
     #[tokio::test]
     async fn every_modelled_create_service_error_maps_to_the_table() {
-        let cases: Vec<(fn() -> CreateServiceError, ErrorCode, &str)> = vec![
+        type Case = (fn() -> CreateServiceError, ErrorCode, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 || {
                     CreateServiceError::ServerException(
