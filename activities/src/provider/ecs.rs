@@ -20,9 +20,9 @@ use aws_sdk_ecs::{
     error::{ProvideErrorMetadata, SdkError},
     types::{
         AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition,
-        DeploymentRolloutState, KeyValuePair, LaunchType, LogConfiguration, LogDriver,
-        NetworkConfiguration, NetworkMode, PortMapping, Secret, Service, Tag, TaskDefinitionField,
-        TaskDefinitionStatus,
+        DeploymentRolloutState, DesiredStatus, KeyValuePair, LaunchType, LogConfiguration,
+        LogDriver, NetworkConfiguration, NetworkMode, PortMapping, Secret, Service, Tag,
+        TaskDefinitionField, TaskDefinitionStatus,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -125,6 +125,54 @@ where
     }
 }
 
+/// The error for a task that stopped while the deployment rolled out.
+pub fn stopped_task_error(reason: &str) -> ComputeError {
+    let (code, provider_code) = if reason.contains("CannotPullContainer") {
+        (ErrorCode::InvalidConfiguration, "CannotPullContainerError")
+    } else if reason.contains("RESOURCE:") || reason.contains("no container instance") {
+        (ErrorCode::InsufficientCapacity, "TaskPlacementFailed")
+    } else {
+        (ErrorCode::WorkloadFailed, "TaskStopped")
+    };
+    ComputeError::new(code, format!("a task of the deployment stopped: {reason}"))
+        .with_provider(PROVIDER, Some(provider_code))
+}
+
+/// A provider response for the debug log, with every environment value and secret
+/// reference masked: only their names stay.
+pub fn redact(debug: &str) -> String {
+    const MARKERS: [&str; 4] = [
+        "value: Some(\"",
+        "value_from: Some(\"",
+        "value: \"",
+        "value_from: \"",
+    ];
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some((start, len)) = MARKERS
+        .iter()
+        .filter_map(|m| rest.find(m).map(|i| (i, m.len())))
+        .min()
+    {
+        out.push_str(&rest[..start + len]);
+        rest = &rest[start + len..];
+        // Skip the string literal up to its closing quote, honouring escapes.
+        let mut escaped = false;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                let close = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                close
+            })
+            .map_or(rest.len(), |(j, _)| j);
+        out.push_str("<redacted>");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// ECS's name for a service error, and its message.
 fn service_error_code<E: ProvideErrorMetadata + std::error::Error>(err: &E) -> (String, String) {
     // A modelled error built without wire metadata has no `code()`; its Display starts with
@@ -193,6 +241,10 @@ pub fn classify_code(
         "ConflictException" | "ResourceInUseException" | "UpdateInProgressException" => (
             ErrorCode::Conflict,
             format!("{what}: a concurrent change got there first: {message}"),
+        ),
+        _ if code.starts_with("RESOURCE:") => (
+            ErrorCode::InsufficientCapacity,
+            format!("{what}: ECS has no capacity to place the tasks ({code})"),
         ),
         _ if status >= 500 => (
             ErrorCode::ProviderTemporarilyUnavailable,
@@ -561,6 +613,7 @@ impl EcsProvider {
             .send()
             .await
             .map_err(|e| classify("RegisterTaskDefinition", &e, &self.config.cluster))?;
+        tracing::debug!(response = %redact(&format!("{out:?}")), "ECS RegisterTaskDefinition answered.");
         out.task_definition()
             .and_then(|t| t.task_definition_arn())
             .map(str::to_string)
@@ -635,6 +688,35 @@ impl EcsProvider {
         }
     }
 
+    /// Why the service's most recent stopped task stopped, if ECS says.
+    async fn stopped_reason(&self, name: &str) -> Option<String> {
+        let stopped = self
+            .client
+            .list_tasks()
+            .cluster(&self.config.cluster)
+            .service_name(name)
+            .desired_status(DesiredStatus::Stopped)
+            .send()
+            .await
+            .ok()?;
+        let arns: Vec<String> = stopped.task_arns().iter().take(10).cloned().collect();
+        if arns.is_empty() {
+            return None;
+        }
+        let tasks = self
+            .client
+            .describe_tasks()
+            .cluster(&self.config.cluster)
+            .set_tasks(Some(arns))
+            .send()
+            .await
+            .ok()?;
+        tasks
+            .tasks()
+            .iter()
+            .find_map(|t| t.stopped_reason().map(str::to_string))
+    }
+
     async fn task_arns(&self, name: &str) -> Vec<String> {
         match self
             .client
@@ -702,10 +784,13 @@ impl ComputeProvider for EcsProvider {
             .send()
             .await;
         match created {
-            Ok(out) => out.service().map(Self::ids).ok_or_else(|| {
-                ComputeError::internal("CreateService returned no service")
-                    .with_provider(PROVIDER, None)
-            }),
+            Ok(out) => {
+                tracing::debug!(response = %redact(&format!("{out:?}")), "ECS CreateService answered.");
+                out.service().map(Self::ids).ok_or_else(|| {
+                    ComputeError::internal("CreateService returned no service")
+                        .with_provider(PROVIDER, None)
+                })
+            }
             Err(e) => {
                 let err = classify("CreateService", &e, &self.config.cluster);
                 // A concurrent provision may have created it in between: return that one.
@@ -902,6 +987,10 @@ impl ComputeProvider for EcsProvider {
                         ids.ecs_task_arns = self.task_arns(&name).await;
                         Ok(Observation::Succeeded(ids))
                     }
+                    _ if primary.failed_tasks() > 0 => match self.stopped_reason(&name).await {
+                        Some(reason) => Ok(Observation::Failed(stopped_task_error(&reason))),
+                        None => Ok(Observation::InProgress(progress)),
+                    },
                     _ if primary.running_count() >= primary.desired_count()
                         && primary.pending_count() == 0
                         && s.deployments().len() == 1 =>
@@ -1271,6 +1360,104 @@ mod tests {
             .unwrap();
         assert!(ids.is_empty());
         assert_eq!(delete.num_calls(), 0);
+    }
+
+    #[test]
+    fn debug_responses_keep_names_and_mask_values() {
+        let container = ContainerDefinition::builder()
+            .name("app")
+            .environment(
+                KeyValuePair::builder()
+                    .name("DB_URL")
+                    .value("postgres://u:hunter2@db")
+                    .build(),
+            )
+            .secrets(
+                Secret::builder()
+                    .name("TOKEN")
+                    .value_from("arn:aws:ssm:x:1:parameter/t\"q")
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        let shown = redact(&format!("{container:?}"));
+        // The SDK already hides `environment`; references are masked here, names stay.
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("parameter/t"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("<redacted>").count(), 1, "{shown}");
+        let plain = redact(r#"KeyValuePair { name: Some("A"), value: Some("s3cr\"et") }, x"#);
+        assert_eq!(
+            plain,
+            r#"KeyValuePair { name: Some("A"), value: Some("<redacted>") }, x"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_task_fails_the_rollout_with_its_reason() {
+        use aws_sdk_ecs::{
+            operation::{describe_tasks::DescribeTasksOutput, list_tasks::ListTasksOutput},
+            types::{Deployment, Task},
+        };
+        let describe = mock!(Client::describe_services).then_output(|| {
+            DescribeServicesOutput::builder()
+                .services(
+                    Service::builder()
+                        .service_name("tenant-acme")
+                        .status("ACTIVE")
+                        .deployments(
+                            Deployment::builder()
+                                .status("PRIMARY")
+                                .desired_count(1)
+                                .failed_tasks(1)
+                                .rollout_state(DeploymentRolloutState::InProgress)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+        let list = mock!(Client::list_tasks)
+            .then_output(|| ListTasksOutput::builder().task_arns("arn:task:1").build());
+        let tasks = mock!(Client::describe_tasks).then_output(|| {
+            DescribeTasksOutput::builder()
+                .tasks(
+                    Task::builder()
+                        .stopped_reason(
+                            "CannotPullContainerError: pull access denied for nginx:nope",
+                        )
+                        .build(),
+                )
+                .build()
+        });
+        let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe, &list, &tasks]);
+        let provider = EcsProvider::with_client(client, config());
+        let observed = provider
+            .observe(&op(Operation::Provision), &ResourceIds::default())
+            .await
+            .unwrap();
+        let Observation::Failed(e) = observed else {
+            panic!("expected a failure, got {observed:?}")
+        };
+        assert_eq!(e.code, ErrorCode::InvalidConfiguration);
+        assert!(e.message.contains("pull access denied"), "{}", e.message);
+        assert_eq!(
+            stopped_task_error("Essential container in task exited").code,
+            ErrorCode::WorkloadFailed
+        );
+        assert_eq!(
+            stopped_task_error("RESOURCE:MEMORY").code,
+            ErrorCode::InsufficientCapacity
+        );
+    }
+
+    #[test]
+    fn capacity_failures_are_insufficient_capacity() {
+        let e = classify_code("DescribeServices", "RESOURCE:MEMORY", "", 200, "c");
+        assert_eq!(e.code, ErrorCode::InsufficientCapacity);
+        assert!(e.retriable);
     }
 
     #[test]
