@@ -67,20 +67,29 @@ impl Rig {
 
     /// A worker with the ECS provider on `cluster`, talking to moto through the proxy.
     fn worker(&self, name: &str, cluster: &str) -> TestWorker {
-        let args = [
-            "--provider",
-            "ecs",
-            "--ecs-cluster",
-            cluster,
+        let network = [
             "--ecs-subnets",
             &self.net.subnet,
             "--ecs-security-groups",
             &self.net.security_group,
+        ]
+        .map(String::from);
+        self.worker_with(name, cluster, &network)
+    }
+
+    /// A worker with the ECS provider and `extra` arguments (network settings).
+    fn worker_with(&self, name: &str, cluster: &str, extra: &[String]) -> TestWorker {
+        let mut args = [
+            "--provider",
+            "ecs",
+            "--ecs-cluster",
+            cluster,
             "--ecs-observe-interval",
             "300ms",
         ]
         .map(String::from)
         .to_vec();
+        args.extend_from_slice(extra);
         let endpoint = self.proxy.endpoint.clone();
         spawn_worker(
             name,
@@ -1027,4 +1036,42 @@ async fn ecs_worker_killed_mid_operation_loses_nothing() {
         worker.python_calls(json!([{"activity": "ProvisionTenantCompute", "input": request}]));
     assert_eq!(again[0]["result"]["executionId"], execution_id.as_str());
     assert_eq!(again[0]["result"]["state"], "succeeded");
+}
+
+/// No subnets configured: FARGATE services get the default VPC's subnets and security group.
+#[tokio::test]
+async fn ecs_default_vpc_is_used_without_configured_subnets() {
+    let rig = Rig::start().await;
+    let worker = rig.worker_with("ecs-defvpc", CLUSTER, &[]);
+    let client = client().await;
+    let request = json!({"tenantId": "ecs-defvpc", "spec": spec("nginx:1.27")});
+    let status = rig
+        .run_ok(
+            &worker,
+            &client,
+            "ecs-defvpc-1",
+            input("provision", request, json!({})),
+        )
+        .await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let service = rig.service("ecs-defvpc").await.expect("the service exists");
+    let vpc = service
+        .network_configuration()
+        .and_then(|n| n.awsvpc_configuration())
+        .expect("awsvpc network");
+    assert!(
+        vpc.subnets().contains(&rig.net.subnet),
+        "{:?}",
+        vpc.subnets()
+    );
+    assert!(vpc.subnets().iter().all(|s| s.starts_with("subnet-")));
+    assert_eq!(
+        vpc.security_groups(),
+        std::slice::from_ref(&rig.net.security_group)
+    );
+    assert!(
+        worker
+            .log()
+            .contains("Using the default VPC for ECS services.")
+    );
 }

