@@ -1284,30 +1284,21 @@ mod tests {
         );
         assert_eq!(t.code, ErrorCode::Throttled);
         assert!(t.retry_after_ms.is_some());
-        assert_eq!(
-            classify_code("X", "LimitExceededException", "", 400, "c").code,
-            ErrorCode::QuotaExceeded
-        );
-        assert_eq!(
-            classify_code("X", "ServiceUnavailableException", "", 503, "c").code,
-            ErrorCode::ProviderTemporarilyUnavailable
-        );
-        assert_eq!(
-            classify_code("X", "Weird", "", 502, "c").code,
-            ErrorCode::ProviderTemporarilyUnavailable
-        );
-        assert_eq!(
-            classify_code("X", "Weird", "", 429, "c").code,
-            ErrorCode::Throttled
-        );
-        assert_eq!(
-            classify_code("X", "ServiceNotFoundException", "", 400, "c").code,
-            ErrorCode::NotFound
-        );
-        assert_eq!(
-            classify_code("X", "Weird", "", 400, "c").code,
-            ErrorCode::Internal
-        );
+        for (name, status, expected) in [
+            ("LimitExceededException", 400, ErrorCode::QuotaExceeded),
+            (
+                "ServiceUnavailableException",
+                503,
+                ErrorCode::ProviderTemporarilyUnavailable,
+            ),
+            ("Weird", 502, ErrorCode::ProviderTemporarilyUnavailable),
+            ("Weird", 429, ErrorCode::Throttled),
+            ("ServiceNotFoundException", 400, ErrorCode::NotFound),
+            ("Weird", 400, ErrorCode::Internal),
+        ] {
+            let e = classify_code("X", name, "", status, "c");
+            assert_eq!(e.code, expected, "{name} / HTTP {status}");
+        }
     }
 
     #[tokio::test]
