@@ -87,12 +87,16 @@ pub fn service_name(tenant_id: &str) -> String {
 /// A `clientToken` (at most 36 characters) derived from the execution id.
 pub fn client_token(execution_id: &str) -> String {
     let digest = Sha256::digest(execution_id.as_bytes());
-    digest
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..32]
-        .to_string()
+    // 16 bytes in hex: 32 characters, within ECS's limit of 36.
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Treats "the service is already gone" as success: deleting is idempotent.
+fn ok_if_gone<T>(result: Result<T>) -> Result<()> {
+    match result {
+        Err(e) if e.code != ErrorCode::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Maps an SDK error onto the error table, where it arises.
@@ -791,6 +795,13 @@ impl EcsProvider {
             .find_map(|t| t.stopped_reason().map(str::to_string))
     }
 
+    /// The success observation: the service's ids with its current tasks.
+    async fn succeeded(&self, service: &Service, name: &str) -> Observation {
+        let mut ids = Self::ids(service);
+        ids.ecs_task_arns = self.task_arns(name).await;
+        Observation::Succeeded(ids)
+    }
+
     async fn task_arns(&self, name: &str) -> Vec<String> {
         match self
             .client
@@ -914,41 +925,27 @@ impl ComputeProvider for EcsProvider {
         if let Some(service) = self.describe(&name).await? {
             ids = Self::ids(&service);
             if service.desired_count() > 0 {
-                match self
-                    .client
-                    .update_service()
+                ok_if_gone(
+                    self.client
+                        .update_service()
+                        .cluster(&self.config.cluster)
+                        .service(&name)
+                        .desired_count(0)
+                        .send()
+                        .await
+                        .map_err(|e| classify("UpdateService", &e, &self.config.cluster)),
+                )?;
+            }
+            ok_if_gone(
+                self.client
+                    .delete_service()
                     .cluster(&self.config.cluster)
                     .service(&name)
-                    .desired_count(0)
+                    .force(true)
                     .send()
                     .await
-                {
-                    Ok(_) => {}
-                    Err(e) => {
-                        let e = classify("UpdateService", &e, &self.config.cluster);
-                        if e.code != ErrorCode::NotFound {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            match self
-                .client
-                .delete_service()
-                .cluster(&self.config.cluster)
-                .service(&name)
-                .force(true)
-                .send()
-                .await
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    let e = classify("DeleteService", &e, &self.config.cluster);
-                    if e.code != ErrorCode::NotFound {
-                        return Err(e);
-                    }
-                }
-            }
+                    .map_err(|e| classify("DeleteService", &e, &self.config.cluster)),
+            )?;
         }
         let defs = self
             .client
@@ -1027,9 +1024,7 @@ impl ComputeProvider for EcsProvider {
                             d.rollout_state() != Some(&DeploymentRolloutState::InProgress)
                         });
                     if switched {
-                        let mut ids = Self::ids(&s);
-                        ids.ecs_task_arns = self.task_arns(&name).await;
-                        return Ok(Observation::Succeeded(ids));
+                        return Ok(self.succeeded(&s, &name).await);
                     }
                     return Ok(Observation::InProgress(Progress {
                         message: "waiting for the new deployment".into(),
@@ -1056,11 +1051,7 @@ impl ComputeProvider for EcsProvider {
                         )
                         .with_provider(PROVIDER, Some("DeploymentFailed")),
                     )),
-                    Some(DeploymentRolloutState::Completed) => {
-                        let mut ids = Self::ids(&s);
-                        ids.ecs_task_arns = self.task_arns(&name).await;
-                        Ok(Observation::Succeeded(ids))
-                    }
+                    Some(DeploymentRolloutState::Completed) => Ok(self.succeeded(&s, &name).await),
                     _ if primary.failed_tasks() > 0 => match self.stopped_reason(&name).await {
                         Some(reason) => Ok(Observation::Failed(stopped_task_error(&reason))),
                         None => Ok(Observation::InProgress(progress)),
@@ -1069,9 +1060,7 @@ impl ComputeProvider for EcsProvider {
                         && primary.pending_count() == 0
                         && s.deployments().len() == 1 =>
                     {
-                        let mut ids = Self::ids(&s);
-                        ids.ecs_task_arns = self.task_arns(&name).await;
-                        Ok(Observation::Succeeded(ids))
+                        Ok(self.succeeded(&s, &name).await)
                     }
                     _ => Ok(Observation::InProgress(progress)),
                 }
