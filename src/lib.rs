@@ -13,7 +13,9 @@ use compute_activities::{
     ComputeActivities,
     activities::ActivitySettings,
     names,
-    provider::{self, ProviderConfig, ecs::EcsConfig, local::LocalConfig},
+    provider::{
+        self, ProviderConfig, ecs::EcsConfig, kubernetes::KubernetesConfig, local::LocalConfig,
+    },
     store,
 };
 use compute_workflows::{tenant::TenantComputeWorkflow, tracker::ComputeExecutionTracker};
@@ -52,6 +54,24 @@ pub enum Command {
     Run(RunArgs),
     /// Print the error codes with their classes and the RetryPolicy callers should use, as JSON.
     RetryPolicy,
+    /// List the provider's resources marked `managed-by=compute-worker` whose tenant is
+    /// unknown or deleted, or whose execution is unknown; `--apply` removes them. Takes the
+    /// same provider and database settings as `run`.
+    Sweep(SweepArgs),
+}
+
+/// Settings of `compute-worker sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// Remove the orphans; without it the sweep only lists them (a dry run).
+    #[arg(long)]
+    pub apply: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The provider and the store, as for `run`.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Which provider runs the compute.
@@ -61,6 +81,8 @@ pub enum ProviderKind {
     Local,
     /// ECS services (credentials, region and endpoint from the standard AWS chain).
     Ecs,
+    /// Kubernetes Deployments (cluster from KUBECONFIG, ~/.kube/config or in-cluster).
+    Kubernetes,
 }
 
 /// Settings of `compute-worker run`; each flag also reads an environment variable.
@@ -72,7 +94,8 @@ pub struct RunArgs {
     /// The provider.
     #[arg(long, env = "COMPUTE_PROVIDER", value_enum, default_value = "local")]
     pub provider: ProviderKind,
-    /// The execution store (`sqlite://PATH` or `sqlite::memory:`).
+    /// The execution store: `sqlite://PATH`, `sqlite::memory:` or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (several workers may share one Postgres).
     #[arg(
         long,
         env = "COMPUTE_DATABASE_URL",
@@ -122,13 +145,27 @@ pub struct RunArgs {
     /// ECS: how often the shared observer describes in-flight services.
     #[arg(long, env = "ECS_OBSERVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub ecs_observe_interval: Duration,
+    /// Kubernetes: the namespace of every tenant's objects.
+    #[arg(long, env = "K8S_NAMESPACE", default_value = "default")]
+    pub k8s_namespace: String,
+    /// Kubernetes: give each tenant a namespace of its own (`tenant-<id>`) instead.
+    #[arg(
+        long,
+        env = "K8S_NAMESPACE_PER_TENANT",
+        conflicts_with = "k8s_namespace"
+    )]
+    pub k8s_namespace_per_tenant: bool,
+    /// Kubernetes: how long a rollout may make no progress before it fails
+    /// (the Deployments' progressDeadlineSeconds).
+    #[arg(long, env = "K8S_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub k8s_progress_deadline: Duration,
     /// Log format.
     #[arg(long, env = "COMPUTE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
 /// Everything the worker needs, resolved from the command line.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The task queue.
     pub task_queue: String,
@@ -138,6 +175,18 @@ pub struct Settings {
     pub database_url: String,
     /// Default operation timeout.
     pub default_timeout: Duration,
+}
+
+// By hand: the database URL may carry a password.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("task_queue", &self.task_queue)
+            .field("provider", &self.provider)
+            .field("database_url", &store::redact_url(&self.database_url))
+            .field("default_timeout", &self.default_timeout)
+            .finish()
+    }
 }
 
 impl RunArgs {
@@ -161,6 +210,15 @@ impl RunArgs {
                 log_group: self.ecs_log_group.clone(),
                 observe_interval_ms: self.ecs_observe_interval.as_millis() as u64,
             }),
+            ProviderKind::Kubernetes => ProviderConfig::Kubernetes(KubernetesConfig {
+                namespace: self.k8s_namespace.clone(),
+                namespace_per_tenant: self.k8s_namespace_per_tenant,
+                progress_deadline_seconds: i32::try_from(self.k8s_progress_deadline.as_secs())
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| anyhow!("--k8s-progress-deadline must be 1s to 68 years"))?,
+                ..KubernetesConfig::default()
+            }),
         };
         Ok(Settings {
             task_queue: self.task_queue.clone(),
@@ -169,6 +227,95 @@ impl RunArgs {
             default_timeout: self.default_timeout,
         })
     }
+}
+
+/// Opens the execution store and starts the provider the settings name.
+async fn open_backends(
+    settings: &Settings,
+) -> anyhow::Result<(
+    Arc<dyn store::ExecutionStore>,
+    Arc<dyn provider::ComputeProvider>,
+)> {
+    let store = store::connect(&settings.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the execution store {}",
+                store::redact_url(&settings.database_url)
+            )
+        })?;
+    let provider = provider::build(&settings.provider)
+        .await
+        .map_err(|e| anyhow!("cannot start the provider: {e}"))?;
+    Ok((store, provider))
+}
+
+/// Runs the orphan sweeper (see [`Command::Sweep`]); fails when an orphan could not be
+/// removed.
+pub async fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
+    use compute_activities::sweep;
+    let settings = args.run.settings()?;
+    let (store, provider) = open_backends(&settings).await?;
+    let orphans = sweep::find_orphans(store.as_ref(), provider.as_ref())
+        .await
+        .map_err(|e| anyhow!("cannot list the managed resources: {e}"))?;
+    if !args.apply {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"applied": false, "orphans": orphans})
+                )?
+            );
+        } else {
+            for o in &orphans {
+                println!(
+                    "orphan {} {} (tenant {}): {}",
+                    o.resource.kind,
+                    o.resource.id,
+                    o.resource.tenant_id,
+                    serde_json::to_value(o.reason)?.as_str().unwrap_or_default()
+                );
+            }
+            println!(
+                "{} orphan(s) found; dry run: nothing removed (--apply removes them)",
+                orphans.len()
+            );
+        }
+        return Ok(());
+    }
+    let removals = sweep::remove_orphans(provider.as_ref(), &orphans).await;
+    let failed = removals.iter().filter(|r| !r.removed).count();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"applied": true, "removals": removals})
+            )?
+        );
+    } else {
+        for r in &removals {
+            let o = &r.orphan;
+            match &r.error {
+                None => println!(
+                    "removed {} {} (tenant {})",
+                    o.resource.kind, o.resource.id, o.resource.tenant_id
+                ),
+                Some(e) => println!(
+                    "FAILED to remove {} {} (tenant {}): {e}",
+                    o.resource.kind, o.resource.id, o.resource.tenant_id
+                ),
+            }
+        }
+        println!(
+            "{} orphan(s) removed, {failed} failed",
+            removals.len() - failed
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} orphan(s) could not be removed");
+    }
+    Ok(())
 }
 
 /// Resolves when the process gets SIGTERM or Ctrl-C.
@@ -243,12 +390,7 @@ pub async fn ensure_search_attribute(client: &Client) -> anyhow::Result<()> {
 /// Runs the worker until `shutdown` resolves, then stops gracefully (in-flight activities
 /// finish or are handed back to Temporal).
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = store::connect(&settings.database_url)
-        .await
-        .with_context(|| "cannot open the execution store".to_string())?;
-    let provider = provider::build(&settings.provider)
-        .await
-        .map_err(|e| anyhow!("cannot start the provider: {e}"))?;
+    let (store, provider) = open_backends(&settings).await?;
     let client = connect_temporal().await?;
     if let Err(e) = ensure_search_attribute(&client).await {
         // Some deployments (Temporal Cloud, restricted API keys) register attributes out of

@@ -11,6 +11,10 @@ async fn main() -> anyhow::Result<()> {
             telemetry::init(args.log_format)?;
             compute_worker::run(args.settings()?, compute_worker::shutdown_signal()).await
         }
+        Command::Sweep(args) => {
+            telemetry::init(args.run.log_format)?;
+            compute_worker::sweep(&args).await
+        }
         Command::RetryPolicy => {
             println!(
                 "{}",

@@ -5,8 +5,17 @@
 //! Every provider and store error is classified where it arises and turned into an
 //! `ApplicationFailure` here, explicitly: never through `?` on an untyped error, which the SDK
 //! would make retryable with no type.
+//!
+//! Every attempt of every activity runs through [`ComputeActivities::audited`], which records
+//! it in the store's audit trail (attempt number, outcome, latency, the provider's request id
+//! where known): Temporal's history keeps only an activity's last attempt.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,8 +35,9 @@ use tracing::{Instrument, Span, field::Empty};
 
 use crate::{
     contract::{
-        CallbackTarget, ComputeCallback, ComputeSpec, ExecutionHandle, ExecutionState,
-        ExecutionStatus, Metadata, Operation, Progress, TemporalCallback, TenantState,
+        AttemptOutcome, AttemptRecord, CallbackTarget, ComputeCallback, ComputeSpec,
+        ExecutionHandle, ExecutionState, ExecutionStatus, Metadata, Operation, Progress,
+        TemporalCallback, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
     names,
@@ -39,6 +49,17 @@ use crate::{
 /// The `TenantId` keyword search attribute.
 pub const TENANT_ID_KEY: SearchAttributeKey<String> =
     SearchAttributeKey::keyword(names::TENANT_ID_SEARCH_ATTRIBUTE);
+
+/// The least pause after an observation failed with a retriable error.
+const OBSERVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long recording an attempt in the audit trail may take before it is given up (with a
+/// warning): the audit trail never holds up, let alone fails, the activity it records.
+const AUDIT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most attempts `GetComputeExecution` returns (the latest ones), so that a long
+/// execution's trail never outgrows a payload; the store keeps them all.
+pub const MAX_ATTEMPTS_IN_STATUS: usize = 500;
 
 /// Settings of the activities.
 #[derive(Debug, Clone)]
@@ -139,9 +160,11 @@ fn store_err(e: StoreError) -> ComputeError {
     e.to_compute_error()
 }
 
-fn fail(e: ComputeError, what: &str) -> ActivityError {
+/// Logs a failure at the level its class calls for and passes it on (to
+/// [`ComputeActivities::audited`], which records it and turns it into the activity's failure).
+fn fail(e: ComputeError, what: &str) -> ComputeError {
     e.log(what);
-    e.into_activity_error()
+    e
 }
 
 fn op_span(operation: &str, tenant_id: &str) -> Span {
@@ -178,6 +201,97 @@ fn default_target(ctx: &ActivityContext) -> Option<CallbackTarget> {
     })
 }
 
+/// What an attempt was about, as far as the activity got to know it.
+#[derive(Debug, Default)]
+struct Subject {
+    tenant_id: Option<String>,
+    execution_id: Option<String>,
+    operation: Option<&'static str>,
+}
+
+/// One attempt of an activity while it runs: what the audit trail will record of it. The
+/// activity says what the attempt is about as it learns it (the tenant once validated, the
+/// execution once recorded), so that even a failed attempt is filed under its execution.
+struct Attempt {
+    started: Instant,
+    started_at: DateTime<Utc>,
+    activity_type: String,
+    activity_id: String,
+    workflow_id: Option<String>,
+    run_id: Option<String>,
+    number: u32,
+    subject: Mutex<Subject>,
+}
+
+impl Attempt {
+    fn begin(ctx: &ActivityContext) -> Self {
+        let info = ctx.info();
+        Attempt {
+            started: Instant::now(),
+            started_at: now(),
+            activity_type: info.activity_type.clone(),
+            activity_id: info.activity_id.clone(),
+            workflow_id: info.workflow_id.clone(),
+            run_id: info.workflow_run_id.clone(),
+            number: info.attempt,
+            subject: Mutex::new(Subject::default()),
+        }
+    }
+
+    fn subject(&self) -> std::sync::MutexGuard<'_, Subject> {
+        // The subject is plain data: a panic elsewhere cannot leave it half-written.
+        self.subject.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The attempt is about this (validated) tenant, and this operation if any.
+    fn about_tenant(&self, tenant_id: &str, operation: Option<&'static str>) {
+        let mut s = self.subject();
+        s.tenant_id = Some(tenant_id.to_string());
+        s.operation = operation.or(s.operation);
+    }
+
+    /// The attempt is about this execution.
+    fn about_execution(&self, execution_id: &str) {
+        self.subject().execution_id = Some(execution_id.to_string());
+    }
+
+    /// The attempt is about the execution `status` describes.
+    fn about_status(&self, status: &ExecutionStatus) {
+        self.about_tenant(&status.tenant_id, Some(status.operation.as_str()));
+        self.about_execution(&status.execution_id);
+    }
+
+    /// The record of the attempt, ended now with `error` (or success), and what it was about.
+    fn finish(self, error: Option<&ComputeError>) -> (AttemptRecord, Subject) {
+        let latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let subject = self
+            .subject
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let record = AttemptRecord {
+            execution_id: subject.execution_id.clone(),
+            tenant_id: subject.tenant_id.clone(),
+            activity_type: self.activity_type,
+            activity_id: self.activity_id,
+            workflow_id: self.workflow_id,
+            run_id: self.run_id,
+            attempt: self.number,
+            started_at: self.started_at,
+            finished_at: now(),
+            latency_ms,
+            outcome: error.map_or(AttemptOutcome::Ok, |e| AttemptOutcome::Failed(e.code)),
+            retriable: error.is_some_and(|e| e.retriable),
+            provider: error.and_then(|e| e.provider.clone()),
+            provider_code: error.and_then(|e| e.provider_code.clone()),
+            provider_request_id: error.and_then(|e| e.provider_request_id.clone()),
+            // Only our own message: it never carries a secret or a refused value (the root
+            // cause, a driver's or a provider's text, is not kept).
+            message: error.map(|e| e.message.clone()),
+        };
+        (record, subject)
+    }
+}
+
 /// A request reduced to what the start path needs.
 struct StartRequest {
     tenant_id: String,
@@ -203,6 +317,45 @@ impl ComputeActivities {
         }
     }
 
+    /// Runs one attempt of an activity and records it in the audit trail, whatever its
+    /// outcome; every activity goes through here exactly once. The body logs its own failure
+    /// (see [`fail`]); this turns it into the activity's `ApplicationFailure`.
+    ///
+    /// Recording never changes the activity's outcome: a store that cannot take the record
+    /// within [`AUDIT_WRITE_TIMEOUT`] costs a warning, nothing more. An attempt cut short by the
+    /// worker's death leaves no row; the next attempt's number shows the gap.
+    async fn audited<T>(
+        &self,
+        ctx: &ActivityContext,
+        body: impl AsyncFnOnce(&Attempt) -> Result<T, ComputeError>,
+    ) -> Result<T, ActivityError> {
+        let attempt = Attempt::begin(ctx);
+        let result = body(&attempt).await;
+        let (record, subject) = attempt.finish(result.as_ref().err());
+        let span = tracing::info_span!(
+            "compute",
+            tenant_id = subject.tenant_id.as_deref(),
+            operation = subject.operation,
+            execution_id = subject.execution_id.as_deref(),
+            activity = %record.activity_type,
+            attempt = record.attempt,
+        );
+        let (outcome, latency_ms) = (record.outcome, record.latency_ms);
+        let written = tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.store.record_attempt(record))
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match written {
+            Ok(Ok(())) => tracing::debug!(%outcome, latency_ms, "Attempt recorded."),
+            Ok(Err(e)) => {
+                tracing::warn!(%outcome, latency_ms, error = %e, "Could not record the attempt in the audit trail; the activity's outcome stands.")
+            }
+            Err(_) => {
+                tracing::warn!(%outcome, latency_ms, timeout = ?AUDIT_WRITE_TIMEOUT, "The audit trail did not take the attempt in time; the activity's outcome stands.")
+            }
+        });
+        result.map_err(ComputeError::into_activity_error)
+    }
+
     fn parse_start(
         &self,
         operation: Operation,
@@ -216,6 +369,7 @@ impl ComputeActivities {
             Operation::Provision | Operation::Update => {
                 let r = validate::compute_request(input)?;
                 self.provider.validate(&r.spec)?;
+                self.provider.validate_metadata(&r.metadata)?;
                 Ok(StartRequest {
                     validated: to_value(&r),
                     tenant_id: r.tenant_id,
@@ -245,23 +399,28 @@ impl ComputeActivities {
     async fn start(
         &self,
         ctx: &ActivityContext,
+        attempt: &Attempt,
         operation: Operation,
         input: Value,
-    ) -> Result<ExecutionHandle, ActivityError> {
+    ) -> Result<ExecutionHandle, ComputeError> {
         // The refused input is never logged: only the field-naming message is.
         let req = self
             .parse_start(operation, &input)
             .map_err(|e| fail(e, "Validating the request"))?;
+        attempt.about_tenant(&req.tenant_id, Some(operation.as_str()));
         let span = op_span(operation.as_str(), &req.tenant_id);
-        self.start_valid(ctx, operation, req).instrument(span).await
+        self.start_valid(ctx, attempt, operation, req)
+            .instrument(span)
+            .await
     }
 
     async fn start_valid(
         &self,
         ctx: &ActivityContext,
+        attempt: &Attempt,
         operation: Operation,
         req: StartRequest,
-    ) -> Result<ExecutionHandle, ActivityError> {
+    ) -> Result<ExecutionHandle, ComputeError> {
         let timeout = match &req.timeout {
             Some(t) => humantime::parse_duration(t).unwrap_or(self.settings.default_timeout),
             None => self.settings.default_timeout,
@@ -283,6 +442,7 @@ impl ComputeActivities {
         let mut record = begin.record;
         let execution_id = record.status.execution_id.clone();
         Span::current().record("execution_id", execution_id.as_str());
+        attempt.about_execution(&execution_id);
         tracing::info!(
             created = begin.created,
             state = %record.status.state,
@@ -315,6 +475,7 @@ impl ComputeActivities {
                 Operation::Update => self.provider.update(&op, &current, &spec).await,
                 Operation::Delete => self.provider.delete(&op, &current).await,
             };
+            crate::faults::crash_point(crate::faults::AFTER_PROVIDER_CALL);
             match result {
                 Ok(ids) => {
                     record = self
@@ -353,6 +514,7 @@ impl ComputeActivities {
             }
         }
 
+        crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
         self.ensure_tracker(ctx, &record, target)
             .await
             .map_err(|e| fail(e, "Starting the tracker"))?;
@@ -425,6 +587,7 @@ impl ComputeActivities {
     async fn watch(
         &self,
         ctx: &ActivityContext,
+        attempt: &Attempt,
         input: WatchInput,
     ) -> Result<ExecutionStatus, ComputeError> {
         let started = tokio::time::Instant::now();
@@ -447,6 +610,10 @@ impl ComputeActivities {
                 Err(e) => return Err(store_err(e)),
             };
             let status = record.status;
+            attempt.about_status(&status);
+            let span = Span::current();
+            span.record("tenant_id", status.tenant_id.as_str());
+            span.record("operation", status.operation.as_str());
             if status.state.is_final() {
                 return Ok(status);
             }
@@ -465,7 +632,10 @@ impl ComputeActivities {
                     let _ = ctx
                         .record_heartbeat(status.state.as_str().to_string())
                         .await;
-                    tokio::time::sleep(self.provider.poll_interval()).await;
+                    // At least a short pause: a provider that waits inside `observe` has a
+                    // zero interval, and a failing observation must not spin.
+                    tokio::time::sleep(self.provider.poll_interval().max(OBSERVE_ERROR_PAUSE))
+                        .await;
                     continue;
                 }
                 Err(e) => Observation::Failed(e),
@@ -507,6 +677,7 @@ impl ComputeActivities {
                 }
             };
             let outcome = self.store.transition(transition).await.map_err(store_err)?;
+            crate::faults::crash_point(crate::faults::AFTER_TERMINAL_STATE);
             tracing::info!(state = %outcome.record.status.state, "Operation reached a final state.");
             return Ok(outcome.record.status);
         }
@@ -573,7 +744,7 @@ impl ComputeActivities {
 }
 
 /// The activity definitions (a module of its own because the macro generates one
-/// undocumented constant per activity).
+/// undocumented constant per activity). Each body runs inside [`ComputeActivities::audited`].
 mod definitions {
     #![allow(missing_docs)]
 
@@ -588,7 +759,10 @@ mod definitions {
             ctx: ActivityContext,
             input: Value,
         ) -> Result<ExecutionHandle, ActivityError> {
-            self.start(&ctx, Operation::Provision, input).await
+            self.audited(&ctx, async |attempt| {
+                self.start(&ctx, attempt, Operation::Provision, input).await
+            })
+            .await
         }
 
         /// `UpdateTenantCompute`: `ComputeRequest` -> `ExecutionHandle`.
@@ -598,7 +772,10 @@ mod definitions {
             ctx: ActivityContext,
             input: Value,
         ) -> Result<ExecutionHandle, ActivityError> {
-            self.start(&ctx, Operation::Update, input).await
+            self.audited(&ctx, async |attempt| {
+                self.start(&ctx, attempt, Operation::Update, input).await
+            })
+            .await
         }
 
         /// `DeleteTenantCompute`: `DeleteRequest` -> `ExecutionHandle`.
@@ -608,37 +785,63 @@ mod definitions {
             ctx: ActivityContext,
             input: Value,
         ) -> Result<ExecutionHandle, ActivityError> {
-            self.start(&ctx, Operation::Delete, input).await
+            self.audited(&ctx, async |attempt| {
+                self.start(&ctx, attempt, Operation::Delete, input).await
+            })
+            .await
         }
 
-        /// `GetComputeExecution`: `{executionId}` -> `ExecutionStatus`, from the store.
+        /// `GetComputeExecution`: `{executionId, includeAttempts?}` -> `ExecutionStatus`, from
+        /// the store; with `includeAttempts`, the status lists the execution's attempts (the
+        /// latest [`MAX_ATTEMPTS_IN_STATUS`]).
         #[activity(name = names::GET_EXECUTION_ACTIVITY)]
         pub async fn get_compute_execution(
             self: Arc<Self>,
-            _ctx: ActivityContext,
+            ctx: ActivityContext,
             input: Value,
         ) -> Result<ExecutionStatus, ActivityError> {
-            let id =
-                validate::execution_id(&input).map_err(|e| fail(e, "Validating the request"))?;
-            self.get_status(&id)
-                .await
-                .map_err(|e| fail(e, "Reading the execution"))
+            self.audited(&ctx, async |attempt| {
+                let (id, include_attempts) = validate::execution_id(&input)
+                    .and_then(|id| Ok((id, validate::include_attempts(&input)?)))
+                    .map_err(|e| fail(e, "Validating the request"))?;
+                attempt.about_execution(&id);
+                let mut status = self
+                    .get_status(&id)
+                    .await
+                    .map_err(|e| fail(e, "Reading the execution"))?;
+                attempt.about_status(&status);
+                if include_attempts {
+                    let mut attempts = self
+                        .store
+                        .list_attempts(&id)
+                        .await
+                        .map_err(|e| fail(store_err(e), "Reading the execution's attempts"))?;
+                    attempts.drain(..attempts.len().saturating_sub(MAX_ATTEMPTS_IN_STATUS));
+                    status.attempts = attempts;
+                }
+                Ok(status)
+            })
+            .await
         }
 
         /// `ListTenantComputeExecutions`: `{tenantId}` -> `[ExecutionStatus]`, oldest first.
         #[activity(name = names::LIST_EXECUTIONS_ACTIVITY)]
         pub async fn list_tenant_compute_executions(
             self: Arc<Self>,
-            _ctx: ActivityContext,
+            ctx: ActivityContext,
             input: Value,
         ) -> Result<Vec<ExecutionStatus>, ActivityError> {
-            let tenant =
-                validate::tenant_only(&input).map_err(|e| fail(e, "Validating the request"))?;
-            self.store
-                .list_executions(&tenant)
-                .await
-                .map(|rs| rs.into_iter().map(|r| r.status).collect())
-                .map_err(|e| fail(store_err(e), "Listing executions"))
+            self.audited(&ctx, async |attempt| {
+                let tenant =
+                    validate::tenant_only(&input).map_err(|e| fail(e, "Validating the request"))?;
+                attempt.about_tenant(&tenant, None);
+                self.store
+                    .list_executions(&tenant)
+                    .await
+                    .map(|rs| rs.into_iter().map(|r| r.status).collect())
+                    .map_err(|e| fail(store_err(e), "Listing executions"))
+            })
+            .await
         }
 
         /// Internal (tracker): observes the provider until the execution is final, or its
@@ -649,13 +852,17 @@ mod definitions {
             ctx: ActivityContext,
             input: WatchInput,
         ) -> Result<ExecutionStatus, ActivityError> {
-            let span = tracing::info_span!("watch", execution_id = %input.execution_id, tenant_id = Empty, operation = Empty);
-            async {
-                self.watch(&ctx, input)
-                    .await
-                    .map_err(|e| fail(e, "Watching the execution"))
-            }
-            .instrument(span)
+            self.audited(&ctx, async |attempt| {
+                attempt.about_execution(&input.execution_id);
+                let span = tracing::info_span!("watch", execution_id = %input.execution_id, tenant_id = Empty, operation = Empty);
+                async {
+                    self.watch(&ctx, attempt, input)
+                        .await
+                        .map_err(|e| fail(e, "Watching the execution"))
+                }
+                .instrument(span)
+                .await
+            })
             .await
         }
 
@@ -664,32 +871,40 @@ mod definitions {
         #[activity(name = names::MARK_TIMED_OUT_ACTIVITY)]
         pub async fn mark_compute_execution_timed_out(
             self: Arc<Self>,
-            _ctx: ActivityContext,
+            ctx: ActivityContext,
             execution_id: String,
         ) -> Result<ExecutionStatus, ActivityError> {
-            let status = self
-                .get_status(&execution_id)
+            self.audited(&ctx, async |attempt| {
+                attempt.about_execution(&execution_id);
+                let status = self
+                    .get_status(&execution_id)
+                    .await
+                    .map_err(|e| fail(e, "Reading the execution"))?;
+                attempt.about_status(&status);
+                let span = op_span(status.operation.as_str(), &status.tenant_id);
+                span.record("execution_id", execution_id.as_str());
+                async {
+                    let error = ComputeError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the operation did not finish within {}; it is still being watched and its outcome will be recorded",
+                            humantime::format_duration(Duration::from_millis(status.timeout_ms))
+                        ),
+                    );
+                    error.log("The operation");
+                    self.store
+                        .transition(Transition {
+                            error: Some(error),
+                            ..Transition::to(&execution_id, ExecutionState::TimedOut)
+                        })
+                        .await
+                        .map(|o| o.record.status)
+                        .map_err(|e| fail(store_err(e), "Recording the timeout"))
+                }
+                .instrument(span)
                 .await
-                .map_err(|e| fail(e, "Reading the execution"))?;
-            let span = op_span(status.operation.as_str(), &status.tenant_id);
-            span.record("execution_id", execution_id.as_str());
-            let _guard = span.enter();
-            let error = ComputeError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "the operation did not finish within {}; it is still being watched and its outcome will be recorded",
-                    humantime::format_duration(Duration::from_millis(status.timeout_ms))
-                ),
-            );
-            error.log("The operation");
-            self.store
-                .transition(Transition {
-                    error: Some(error),
-                    ..Transition::to(&execution_id, ExecutionState::TimedOut)
-                })
-                .await
-                .map(|o| o.record.status)
-                .map_err(|e| fail(store_err(e), "Recording the timeout"))
+            })
+            .await
         }
 
         /// Internal (tracker): delivers one callback to one target. Retried (by the tracker's
@@ -700,14 +915,20 @@ mod definitions {
             ctx: ActivityContext,
             input: DeliverInput,
         ) -> Result<DeliveryOutcome, ActivityError> {
-            let span = op_span(input.callback.operation.as_str(), &input.callback.tenant_id);
-            span.record("execution_id", input.callback.execution_id.as_str());
-            async {
-                self.deliver(&ctx, input)
-                    .await
-                    .map_err(|e| fail(e, "Delivering the callback"))
-            }
-            .instrument(span)
+            self.audited(&ctx, async |attempt| {
+                let cb = &input.callback;
+                attempt.about_tenant(&cb.tenant_id, Some(cb.operation.as_str()));
+                attempt.about_execution(&cb.execution_id);
+                let span = op_span(cb.operation.as_str(), &cb.tenant_id);
+                span.record("execution_id", cb.execution_id.as_str());
+                async {
+                    self.deliver(&ctx, input)
+                        .await
+                        .map_err(|e| fail(e, "Delivering the callback"))
+                }
+                .instrument(span)
+                .await
+            })
             .await
         }
 
@@ -716,25 +937,93 @@ mod definitions {
         #[activity(name = names::MARK_TENANT_INTERVENTION_ACTIVITY)]
         pub async fn mark_tenant_requires_intervention(
             self: Arc<Self>,
-            _ctx: ActivityContext,
+            ctx: ActivityContext,
             input: InterventionInput,
         ) -> Result<(), ActivityError> {
-            let span = op_span("abort", &input.tenant_id);
-            span.record("execution_id", input.execution_id.as_str());
-            let _guard = span.enter();
-            tracing::error!(reason = %input.reason, "Tenant marked for manual intervention.");
-            self.store
-                .set_tenant_state(
-                    &input.tenant_id,
-                    TenantState::RequiresManualIntervention,
-                    &input.execution_id,
-                    &format!(
-                        "tenant marked requires_manual_intervention: {}",
-                        input.reason
-                    ),
-                )
+            self.audited(&ctx, async |attempt| {
+                attempt.about_tenant(&input.tenant_id, Some("abort"));
+                attempt.about_execution(&input.execution_id);
+                let span = op_span("abort", &input.tenant_id);
+                span.record("execution_id", input.execution_id.as_str());
+                async {
+                    tracing::error!(reason = %input.reason, "Tenant marked for manual intervention.");
+                    self.store
+                        .set_tenant_state(
+                            &input.tenant_id,
+                            TenantState::RequiresManualIntervention,
+                            &input.execution_id,
+                            &format!(
+                                "tenant marked requires_manual_intervention: {}",
+                                input.reason
+                            ),
+                        )
+                        .await
+                        .map_err(|e| fail(store_err(e), "Marking the tenant"))
+                }
+                .instrument(span)
                 .await
-                .map_err(|e| fail(store_err(e), "Marking the tenant"))
+            })
+            .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(number: u32) -> Attempt {
+        Attempt {
+            started: Instant::now(),
+            started_at: now(),
+            activity_type: names::PROVISION_ACTIVITY.into(),
+            activity_id: "1".into(),
+            workflow_id: Some("caller".into()),
+            run_id: Some("run".into()),
+            number,
+            subject: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn a_failed_attempt_keeps_its_code_and_the_providers_facts_but_not_the_root_cause() {
+        let a = attempt(2);
+        a.about_tenant("acme", Some("provision"));
+        a.about_execution("acme-provision-1");
+        let e = ComputeError::new(ErrorCode::Throttled, "CreateService: ECS is throttling")
+            .with_provider("ecs", Some("ThrottlingException"))
+            .with_provider_request_id(Some("req-9"))
+            .with_root_cause("raw driver text: password=hunter2");
+        let (r, subject) = a.finish(Some(&e));
+        assert_eq!(subject.operation, Some("provision"));
+        assert_eq!(r.execution_id.as_deref(), Some("acme-provision-1"));
+        assert_eq!(r.tenant_id.as_deref(), Some("acme"));
+        assert_eq!((r.attempt, r.workflow_id.as_deref()), (2, Some("caller")));
+        assert_eq!(r.outcome, AttemptOutcome::Failed(ErrorCode::Throttled));
+        assert!(r.retriable);
+        assert_eq!(r.provider_code.as_deref(), Some("ThrottlingException"));
+        assert_eq!(r.provider_request_id.as_deref(), Some("req-9"));
+        assert_eq!(r.message.as_deref(), Some(e.message.as_str()));
+        assert!(!format!("{r:?}").contains("hunter2"));
+        assert!(r.finished_at >= r.started_at);
+
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["outcome"], "THROTTLED");
+        assert_eq!(json["providerRequestId"], "req-9");
+        assert_eq!(serde_json::from_value::<AttemptRecord>(json).unwrap(), r);
+    }
+
+    #[test]
+    fn a_successful_attempt_is_ok_and_says_only_what_it_was_about() {
+        let a = attempt(1);
+        a.about_execution("x-delete-1");
+        let (r, _) = a.finish(None);
+        assert_eq!(r.outcome, AttemptOutcome::Ok);
+        assert!(!r.retriable && r.message.is_none() && r.provider.is_none());
+        assert_eq!(r.tenant_id, None);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["outcome"], "ok");
+        assert!(json.get("tenantId").is_none() && json.get("message").is_none());
+        assert!(serde_json::from_value::<AttemptOutcome>(serde_json::json!("NOPE")).is_err());
     }
 }

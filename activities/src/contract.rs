@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ComputeError;
+use crate::error::{ComputeError, ErrorCode};
 
 /// The three operations on a tenant's compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -452,6 +452,107 @@ pub struct ExecutionStatus {
     pub duration_ms: Option<u64>,
     /// The operation's timeout.
     pub timeout_ms: u64,
+    /// Every recorded attempt of every activity about this execution, oldest first: only in
+    /// `GetComputeExecution`'s answer to `{"executionId", "includeAttempts": true}`, absent
+    /// everywhere else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// How one activity attempt ended: `ok`, or the code it failed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// The attempt returned a result.
+    Ok,
+    /// The attempt failed with this code.
+    Failed(ErrorCode),
+}
+
+impl AttemptOutcome {
+    /// The wire name: `ok` or the error code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Failed(code) => code.as_str(),
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ok" => Some(AttemptOutcome::Ok),
+            code => ErrorCode::parse(code).map(AttemptOutcome::Failed),
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AttemptOutcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        AttemptOutcome::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown attempt outcome {s:?}")))
+    }
+}
+
+/// One attempt of one activity, as the audit trail keeps it (Temporal's history records only
+/// an activity's last attempt). Holds no secret values: the message is the `ComputeError`'s,
+/// which never carries one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The execution it was about, once known (absent, for example, when the request was
+    /// refused before one was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// The tenant it was about, once known (a tenant id is known only after it was validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The activity's type (`ProvisionTenantCompute`, `WatchComputeExecution`, ...).
+    pub activity_type: String,
+    /// The activity's id in its workflow.
+    pub activity_id: String,
+    /// The workflow that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// That workflow's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Temporal's attempt number, from 1.
+    pub attempt: u32,
+    /// When the worker started the attempt (the worker's clock).
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// How long it ran, measured on a monotonic clock.
+    pub latency_ms: u64,
+    /// `ok`, or the error code.
+    pub outcome: AttemptOutcome,
+    /// Whether Temporal may retry it (the failure's class is retriable); false on success.
+    pub retriable: bool,
+    /// The provider that raised the failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The provider's own error name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_code: Option<String>,
+    /// The provider's id of the failed request, where it gave one (AWS `x-amzn-RequestId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_request_id: Option<String>,
+    /// The failure's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the start activities return at once.

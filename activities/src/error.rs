@@ -128,6 +128,10 @@ pub struct ComputeError {
     /// The provider's own error name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_code: Option<String>,
+    /// The provider's id of the failed request, where it gave one (AWS `x-amzn-RequestId`):
+    /// what the provider's support asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_request_id: Option<String>,
     /// Some parts created, some failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<PartialResult>,
@@ -154,6 +158,7 @@ impl ComputeError {
             retriable: classification == Classification::Retriable,
             provider: None,
             provider_code: None,
+            provider_request_id: None,
             partial: None,
             retry_after_ms: None,
             exit_code: None,
@@ -184,11 +189,25 @@ impl ComputeError {
         self
     }
 
+    /// Sets the provider's id of the failed request, when it gave one.
+    pub fn with_provider_request_id(mut self, request_id: Option<&str>) -> Self {
+        if let Some(id) = request_id {
+            self.provider_request_id = Some(id.to_string());
+        }
+        self
+    }
+
     /// Names the provider when the error does not already.
     pub fn with_provider_default(mut self, provider: &str) -> Self {
         if self.provider.is_none() {
             self.provider = Some(provider.to_string());
         }
+        self
+    }
+
+    /// Lists what was created and what failed.
+    pub fn with_partial(mut self, partial: PartialResult) -> Self {
+        self.partial = Some(partial);
         self
     }
 
@@ -363,9 +382,13 @@ mod tests {
     fn error_json_is_camel_case_with_class() {
         let e = ComputeError::new(ErrorCode::Throttled, "slow down")
             .with_provider("ecs", Some("ThrottlingException"))
-            .with_retry_after(Duration::from_secs(2));
+            .with_retry_after(Duration::from_secs(2))
+            .with_provider_request_id(Some("req-1"));
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["code"], "THROTTLED");
+        assert_eq!(v["providerRequestId"], "req-1");
+        let without = serde_json::to_value(ComputeError::new(ErrorCode::Internal, "x")).unwrap();
+        assert!(without.get("providerRequestId").is_none(), "{without}");
         assert_eq!(v["classification"], "retriable");
         assert_eq!(v["retriable"], true);
         assert_eq!(v["providerCode"], "ThrottlingException");

@@ -10,9 +10,11 @@
 pub mod activities;
 pub mod contract;
 pub mod error;
+pub mod faults;
 pub mod names;
 pub mod provider;
 pub mod store;
+pub mod sweep;
 pub mod validate;
 
 pub use activities::ComputeActivities;

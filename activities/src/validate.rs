@@ -134,9 +134,26 @@ impl<'a> Obj<'a> {
             .iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k.clone(), s.clone())),
-                other => Err(wrong_type(&obj.field(k), "a string", other)),
+                other => Err(wrong_type(&obj.entry_field(k), "a string", other)),
             })
             .collect()
+    }
+
+    /// The path of a map entry. The key is caller input, and messages reach logs, the store
+    /// and history: it is named only when it looks like a name (at most 63 ASCII letters,
+    /// digits, `_`, `-`, `.` or `/`), never when it holds control characters or is huge
+    /// (found by tests/fuzz_inputs.rs).
+    fn entry_field(&self, key: &str) -> String {
+        let name_like = !key.is_empty()
+            && key.len() <= 63
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+        if name_like {
+            self.field(key)
+        } else {
+            format!("{} (a key that is not a name)", self.path)
+        }
     }
 
     fn positive_number(&self, name: &str) -> Result<Option<f64>> {
@@ -147,6 +164,14 @@ impl<'a> Obj<'a> {
                 _ => Err(invalid(&self.field(name), "must be a positive number")),
             },
             Some(other) => Err(wrong_type(&self.field(name), "a number", other)),
+        }
+    }
+
+    fn boolean(&self, name: &str) -> Result<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(wrong_type(&self.field(name), "a boolean", other)),
         }
     }
 
@@ -226,8 +251,10 @@ pub fn parse_duration(field: &str, v: &Value) -> Result<Duration> {
                 "must be a duration such as \"30s\", \"10m\" or \"1h\"",
             )
         })?,
-        Value::Number(n) => match n.as_f64() {
-            Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        // `try_`: a number of seconds past what a Duration holds (1e20) must be refused, not
+        // panic (found by tests/fuzz_inputs.rs).
+        Value::Number(n) => match n.as_f64().map(Duration::try_from_secs_f64) {
+            Some(Ok(d)) => d,
             _ => return Err(invalid(field, "must be a non-negative number of seconds")),
         },
         other => return Err(wrong_type(field, "a duration string", other)),
@@ -391,11 +418,19 @@ fn is_dns1123_subdomain(s: &str) -> bool {
 
 fn env_map(spec: &Obj<'_>, name: &str) -> Result<BTreeMap<String, String>> {
     let map = spec.string_map(name)?;
-    for key in map.keys() {
+    for (key, value) in &map {
         if !is_env_name(key) {
             return Err(invalid(
                 &spec.field(name),
                 "keys must be environment variable names (letters, digits, '_', not starting with a digit)",
+            ));
+        }
+        // No environment can hold a NUL: the local provider would refuse it only when it
+        // starts the process, after the execution was recorded (found by tests/fuzz_inputs.rs).
+        if value.contains('\0') {
+            return Err(invalid(
+                &spec.field(&format!("{name}.{key}")),
+                "must not contain NUL characters",
             ));
         }
     }
@@ -523,6 +558,13 @@ pub fn execution_id(input: &Value) -> Result<String> {
         ));
     }
     Ok(id.to_string())
+}
+
+/// Reads the optional `includeAttempts` flag of `GetComputeExecution`'s input (default false).
+pub fn include_attempts(input: &Value) -> Result<bool> {
+    Ok(Obj::root(input)?
+        .boolean("includeAttempts")?
+        .unwrap_or(false))
 }
 
 /// Validates `{tenantId}`.
@@ -667,6 +709,26 @@ mod tests {
         }
     }
 
+    /// Found by tests/fuzz_inputs.rs: each was a panic, a refusal that came only after the
+    /// execution was recorded, or a message repeating caller input.
+    #[test]
+    fn fuzz_findings() {
+        let m = refused(json!({"tenantId": "a", "spec": {}, "timeout": 1e20}));
+        assert!(m.starts_with("timeout"), "{m}");
+        let m = refused(json!({"tenantId": "a", "spec": {"env": {"MODE": "a\0b"}}}));
+        assert!(m.starts_with("spec.env.MODE"), "{m}");
+        let m = refused(json!({"tenantId": "a", "spec": {"config": {"LEVEL": "\0"}}}));
+        assert!(m.starts_with("spec.config.LEVEL"), "{m}");
+        let key = format!("\u{1b}[31m{}", "k".repeat(5000));
+        let m = refused(json!({"tenantId": "a", "spec": {"env": {key: 1}}}));
+        assert!(m.starts_with("spec.env (a key that is not a name)"), "{m}");
+        assert!(m.len() < 200 && !m.chars().any(char::is_control), "{m}");
+        assert!(
+            parse_duration("policy.callbackTimeout", &json!(1e300)).is_err(),
+            "workflow policies share the parser"
+        );
+    }
+
     #[test]
     fn image_references() {
         for good in [
@@ -693,6 +755,10 @@ mod tests {
         assert!(delete_request(&json!({})).is_err());
         assert!(execution_id(&json!({"executionId": "a-b-1"})).is_ok());
         assert!(execution_id(&json!({"executionId": "../x"})).is_err());
+        assert!(!include_attempts(&json!({"executionId": "a"})).unwrap());
+        assert!(include_attempts(&json!({"executionId": "a", "includeAttempts": true})).unwrap());
+        let e = include_attempts(&json!({"includeAttempts": "yes"})).unwrap_err();
+        assert!(e.message.starts_with("includeAttempts"), "{e}");
         assert!(tenant_only(&json!({"tenantId": "UP"})).is_err());
     }
 }

@@ -3,7 +3,8 @@ activities by name on the worker's task queue, optionally waits for the callback
 prints one JSON result per call.
 
 Usage: call_activities.py ADDRESS TASK_QUEUE CALLS_JSON
-CALLS_JSON is a list of {"activity": NAME, "input": ANY, "waitSignal": bool}.
+CALLS_JSON is a list of {"activity": NAME, "input": ANY, "waitSignal": bool,
+"startToCloseSeconds": int (default 60)}.
 """
 
 import asyncio
@@ -50,7 +51,7 @@ class PythonComputeCaller:
                 call["activity"],
                 call["input"],
                 task_queue=call["taskQueue"],
-                start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=timedelta(seconds=call.get("startToCloseSeconds", 60)),
                 # Generous on purpose: a refused input must stop after one attempt by itself.
                 retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(milliseconds=200)),
                             )

@@ -31,23 +31,24 @@ use serde_json::{Value, json};
 use temporalio_client::Client;
 
 use crate::harness::{
-    EcsNetwork, Fault, FaultProxy, MotoServer, Outcome, TestWorker, WorkerOpts, cli, client,
-    ecs_client, fault_proxy, moto_server, query_status, spawn_worker, workflow_show_everything,
+    EcsNetwork, Fault, FaultProxy, MotoServer, Outcome, TestWorker, WorkerOpts, client, ecs_client,
+    fault_proxy, moto_server, query_status, signals_received, spawn_worker,
+    started_activity_attempts as activity_attempts, workflow_show_everything,
 };
 
 /// The cluster the rig creates in moto for the worker.
-const CLUSTER: &str = "tenants";
+pub(crate) const CLUSTER: &str = "tenants";
 
 /// One test's ECS: moto, the proxy in front of it, a direct client, the network to use.
-struct Rig {
+pub(crate) struct Rig {
     moto: MotoServer,
-    proxy: FaultProxy,
+    pub(crate) proxy: FaultProxy,
     ecs: aws_sdk_ecs::Client,
     net: EcsNetwork,
 }
 
 impl Rig {
-    async fn start() -> Rig {
+    pub(crate) async fn start() -> Rig {
         let moto = moto_server();
         let proxy = fault_proxy(&moto.endpoint);
         let ecs = moto.ecs().await;
@@ -66,7 +67,7 @@ impl Rig {
     }
 
     /// A worker with the ECS provider on `cluster`, talking to moto through the proxy.
-    fn worker(&self, name: &str, cluster: &str) -> TestWorker {
+    pub(crate) fn worker(&self, name: &str, cluster: &str) -> TestWorker {
         let network = [
             "--ecs-subnets",
             &self.net.subnet,
@@ -90,28 +91,51 @@ impl Rig {
         .map(String::from)
         .to_vec();
         args.extend_from_slice(extra);
-        let endpoint = self.proxy.endpoint.clone();
         spawn_worker(
             name,
             WorkerOpts {
                 args,
-                env: vec![
-                    ("AWS_ENDPOINT_URL_ECS", endpoint.clone()),
-                    // Every other AWS service too: nothing reaches real AWS, and a call the
-                    // worker must not make (SSM, Secrets Manager) shows in the proxy's counts.
-                    ("AWS_ENDPOINT_URL", endpoint),
-                    ("AWS_REGION", "us-east-1".into()),
-                    ("AWS_ACCESS_KEY_ID", "test".into()),
-                    ("AWS_SECRET_ACCESS_KEY", "test".into()),
-                    ("AWS_EC2_METADATA_DISABLED", "true".into()),
-                ],
+                env: self.aws_env(),
                 ..Default::default()
             },
         )
     }
 
+    /// The arguments of an ECS worker on `cluster` and the rig's network.
+    pub(crate) fn ecs_args(&self, cluster: &str, observe_interval: &str) -> Vec<String> {
+        [
+            "--provider",
+            "ecs",
+            "--ecs-cluster",
+            cluster,
+            "--ecs-observe-interval",
+            observe_interval,
+            "--ecs-subnets",
+            &self.net.subnet,
+            "--ecs-security-groups",
+            &self.net.security_group,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The AWS settings of a worker (or a sweep) talking to moto through the proxy.
+    pub(crate) fn aws_env(&self) -> Vec<(&'static str, String)> {
+        let endpoint = self.proxy.endpoint.clone();
+        vec![
+            ("AWS_ENDPOINT_URL_ECS", endpoint.clone()),
+            // Every other AWS service too: nothing reaches real AWS, and a call the worker
+            // must not make (SSM, Secrets Manager) shows in the proxy's counts.
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
     /// The tenant's service as moto has it (ACTIVE or INACTIVE), with its tags.
-    async fn service(&self, tenant: &str) -> Option<Service> {
+    pub(crate) async fn service(&self, tenant: &str) -> Option<Service> {
         let out = self
             .ecs
             .describe_services()
@@ -125,7 +149,7 @@ impl Rig {
     }
 
     /// Every service ARN in the cluster (moto lists INACTIVE ones too).
-    async fn service_arns(&self) -> Vec<String> {
+    pub(crate) async fn service_arns(&self) -> Vec<String> {
         self.ecs
             .list_services()
             .cluster(CLUSTER)
@@ -228,12 +252,12 @@ fn service_tags(service: &Service) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn spec(image: &str) -> Value {
+pub(crate) fn spec(image: &str) -> Value {
     json!({"image": image, "cpu": 0.5, "memory": 1024, "port": 8080, "env": {"MODE": "blue"}})
 }
 
 /// A `TenantComputeWorkflow` input with quick retries and a bounded wait.
-fn input(operation: &str, request: Value, policy: Value) -> Value {
+pub(crate) fn input(operation: &str, request: Value, policy: Value) -> Value {
     let mut p = json!({"initialInterval": "200ms", "maximumInterval": "2s",
                        "callbackTimeout": "20s"});
     p.as_object_mut()
@@ -246,51 +270,6 @@ fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("no string at {pointer} in {v}"))
-}
-
-fn id_of(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(-1),
-        v => v.as_i64().unwrap_or(-1),
-    }
-}
-
-/// A workflow's history as JSON.
-fn history(workflow_id: &str) -> Value {
-    serde_json::from_str(&cli(&["workflow", "show", "-w", workflow_id, "-o", "json"]).unwrap())
-        .unwrap()
-}
-
-/// The attempt of every started activity of type `activity` in a workflow's history (Temporal
-/// records the last attempt of each activity).
-fn activity_attempts(workflow_id: &str, activity: &str) -> Vec<u64> {
-    let history = history(workflow_id);
-    let events = history["events"].as_array().unwrap();
-    let scheduled: Vec<i64> = events
-        .iter()
-        .filter(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == activity)
-        .map(|e| id_of(&e["eventId"]))
-        .collect();
-    events
-        .iter()
-        .map(|e| &e["activityTaskStartedEventAttributes"])
-        .filter(|a| scheduled.contains(&id_of(&a["scheduledEventId"])))
-        .filter_map(|a| a["attempt"].as_u64())
-        .collect()
-}
-
-/// The names of the signals a workflow received.
-fn signals_received(workflow_id: &str) -> Vec<String> {
-    history(workflow_id)["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            e["workflowExecutionSignaledEventAttributes"]["signalName"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
 }
 
 /// The notes of an execution's history in the worker's store.
@@ -1074,4 +1053,91 @@ async fn ecs_default_vpc_is_used_without_configured_subnets() {
             .log()
             .contains("Using the default VPC for ECS services.")
     );
+}
+
+/// `compute-worker sweep` with ECS: a service tagged as the worker's that no tenant in the
+/// store accounts for is listed, then removed with `--apply`; the tenant's own stays.
+#[tokio::test]
+async fn ecs_sweep_removes_a_stray_service_and_keeps_the_tenants() {
+    let rig = Rig::start().await;
+    let worker = rig.worker("ecs-sweep", CLUSTER);
+    let client = client().await;
+    let request =
+        json!({"tenantId": "ecs-sweep-kept", "spec": spec("nginx:1.27"), "timeout": "30s"});
+    rig.run_ok(
+        &worker,
+        &client,
+        "ecs-sweep-1",
+        input("provision", request, lifecycle_policy()),
+    )
+    .await;
+    // A stray: the worker's tags, a tenant the store never heard of.
+    let td = rig
+        .ecs
+        .register_task_definition()
+        .family("tenant-ecs-sweep-stray")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("app")
+                .image("nginx:1.27")
+                .memory(512)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RegisterTaskDefinition on moto");
+    let tag = |k: &str, v: &str| aws_sdk_ecs::types::Tag::builder().key(k).value(v).build();
+    rig.ecs
+        .create_service()
+        .cluster(CLUSTER)
+        .service_name("tenant-ecs-sweep-stray")
+        .task_definition(
+            td.task_definition()
+                .and_then(|t| t.task_definition_arn())
+                .unwrap(),
+        )
+        .desired_count(1)
+        .launch_type(LaunchType::Ec2)
+        .tags(tag("managed-by", "compute-worker"))
+        .tags(tag("tenant-id", "ecs-sweep-stray"))
+        .tags(tag("execution-id", "lost-execution"))
+        .send()
+        .await
+        .expect("CreateService on moto");
+
+    let args = |apply: bool| {
+        let mut a: Vec<String> = ["--provider", "ecs", "--ecs-cluster", CLUSTER]
+            .map(String::from)
+            .to_vec();
+        if apply {
+            a.push("--apply".into());
+        }
+        a
+    };
+    let env = rig.aws_env();
+    let report = crate::sweep::sweep(&worker.database_url(), &args(false), &env);
+    let orphans = report["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 1, "{report}");
+    assert_eq!(orphans[0]["tenantId"], "ecs-sweep-stray");
+    assert_eq!(orphans[0]["kind"], "ecs-service");
+    assert_eq!(orphans[0]["reason"], "tenant-unknown");
+    assert_eq!(orphans[0]["executionId"], "lost-execution");
+    let active = |s: Option<Service>| s.is_some_and(|s| s.status() == Some("ACTIVE"));
+    assert!(
+        active(rig.service("ecs-sweep-stray").await),
+        "a dry run removes nothing"
+    );
+
+    let report = crate::sweep::sweep(&worker.database_url(), &args(true), &env);
+    assert_eq!(report["removals"][0]["removed"], true, "{report}");
+    assert!(
+        !active(rig.service("ecs-sweep-stray").await),
+        "the stray is deleted"
+    );
+    assert!(
+        active(rig.service("ecs-sweep-kept").await),
+        "the tenant's own stays"
+    );
+    let report = crate::sweep::sweep(&worker.database_url(), &args(false), &env);
+    assert_eq!(report["orphans"], json!([]), "{report}");
 }

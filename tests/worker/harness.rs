@@ -1051,3 +1051,777 @@ impl FaultProxy {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Workflow histories, read with the `temporal` CLI.
+// ---------------------------------------------------------------------------------------------
+
+/// A workflow's history as JSON (`temporal workflow show -o json`).
+pub fn workflow_history(workflow_id: &str) -> Value {
+    serde_json::from_str(&cli(&["workflow", "show", "-w", workflow_id, "-o", "json"]).unwrap())
+        .unwrap()
+}
+
+fn event_id(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(-1),
+        v => v.as_i64().unwrap_or(-1),
+    }
+}
+
+/// The attempt of every started activity of type `activity` in a workflow's history (Temporal
+/// records the last attempt of each activity).
+pub fn started_activity_attempts(workflow_id: &str, activity: &str) -> Vec<u64> {
+    let history = workflow_history(workflow_id);
+    let events = history["events"].as_array().unwrap();
+    let scheduled: Vec<i64> = events
+        .iter()
+        .filter(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == activity)
+        .map(|e| event_id(&e["eventId"]))
+        .collect();
+    events
+        .iter()
+        .map(|e| &e["activityTaskStartedEventAttributes"])
+        .filter(|a| scheduled.contains(&event_id(&a["scheduledEventId"])))
+        .filter_map(|a| a["attempt"].as_u64())
+        .collect()
+}
+
+/// The names of the signals a workflow received, in order.
+pub fn signals_received(workflow_id: &str) -> Vec<String> {
+    signals_with_times(workflow_id)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The signals a workflow received, in order: (name, when the server recorded it).
+pub fn signals_with_times(workflow_id: &str) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+    workflow_history(workflow_id)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let name = e["workflowExecutionSignaledEventAttributes"]["signalName"].as_str()?;
+            let at = chrono::DateTime::parse_from_rfc3339(e["eventTime"].as_str()?).ok()?;
+            Some((name.to_string(), at.with_timezone(&chrono::Utc)))
+        })
+        .collect()
+}
+
+/// The last `lines` lines the worker itself logged (not the SDK's debug chatter).
+pub fn worker_log_tail(text: &str, lines: usize) -> String {
+    let own: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("\"target\":\"compute")
+                || l.contains("\"level\":\"WARN\"")
+                || l.contains("\"level\":\"ERROR\"")
+        })
+        .collect();
+    own[own.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs the Python caller (tests/python/call_activities.py) against the shared server.
+fn run_python_caller(task_queue: &str, calls: &Value) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/call_activities.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(server_address())
+        .arg(task_queue)
+        .arg(calls.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python caller failed ({}; is `temporalio` installed?):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python caller output")
+}
+
+impl TestWorker {
+    /// [`python_calls`](Self::python_calls) on a thread of its own, so the test can act (play
+    /// the kubelet) while the Python caller waits for its signal.
+    pub fn python_calls_in_background(&self, calls: Value) -> std::thread::JoinHandle<Vec<Value>> {
+        let task_queue = self.task_queue.clone();
+        std::thread::spawn(move || run_python_caller(&task_queue, &calls))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Kubernetes rig: one real control plane per test binary (etcd, kube-apiserver and
+// kube-controller-manager 1.20, from `scripts/k8s-rig.sh run`), shared by every Kubernetes
+// test; each test works in a namespace of its own.
+//
+// What it does NOT have (tests must not pretend; see shared/test-rig.md): no scheduler and no
+// kubelet. Pods stay Pending on no node until a test plays the kubelet by patching their
+// status; nothing runs, no image is pulled, no Secret's value is read. A pod that was never
+// scheduled is deleted at once (no grace period), so deletes complete without a kubelet.
+// ---------------------------------------------------------------------------------------------
+
+/// The shared Kubernetes control plane.
+pub struct KubeRig {
+    /// Its directory: `kubeconfig` (admin token), `rig.log` and each component's log.
+    pub dir: PathBuf,
+    /// The admin kubeconfig (group `system:masters`).
+    pub kubeconfig: PathBuf,
+}
+
+impl KubeRig {
+    /// The rig script's log and the tail of each component's.
+    pub fn log(&self) -> String {
+        rig_log(&self.dir)
+    }
+}
+
+fn rig_log(dir: &Path) -> String {
+    let mut out = std::fs::read_to_string(dir.join("rig.log")).unwrap_or_default();
+    for component in ["etcd", "apiserver", "controller-manager"] {
+        let text =
+            std::fs::read_to_string(dir.join(format!("{component}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n--- {component}.log (tail) ---\n"));
+        out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
+    }
+    out
+}
+
+/// Where `scripts/k8s-rig.sh` caches the two binaries it builds.
+fn kube_rig_bin_dir() -> PathBuf {
+    match std::env::var_os("K8S_RIG_CACHE") {
+        Some(cache) => PathBuf::from(cache).join("bin"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/compute-worker/k8s/bin"),
+    }
+}
+
+fn kube_binaries_built() -> bool {
+    let bin = kube_rig_bin_dir();
+    bin.join("kube-apiserver").exists() && bin.join("kube-controller-manager").exists()
+}
+
+/// Writes straight to the test binary's stderr, past libtest's output capture.
+fn note(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// The shared rig, started on first use. A rig that cannot start fails the test with its log.
+pub fn kube_rig() -> &'static KubeRig {
+    static RIG: OnceLock<KubeRig> = OnceLock::new();
+    RIG.get_or_init(start_kube_rig)
+}
+
+fn start_kube_rig() -> KubeRig {
+    use std::sync::{Arc, Mutex};
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/k8s-rig.sh");
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // Rigs of earlier runs whose test binary is gone leave their directory (etcd's data).
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Only when no process uses it any more (a rig may still be stopping).
+            if let Some(pid) = name
+                .strip_prefix("k8s-rig-")
+                .and_then(|p| p.parse::<u64>().ok())
+                && !alive(pid)
+                && processes_with(&e.path().display().to_string()).is_empty()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(format!("k8s-rig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A build already under way elsewhere (another test run, or `k8s-rig.sh build`): wait for
+    // it rather than start a second one in the same cache.
+    let build_marker = "WHAT=cmd/kube-apiserver";
+    if !kube_binaries_built() && !processes_with(build_marker).is_empty() {
+        note(
+            "k8s rig: waiting for the kube-apiserver build already running (10-15 min on a \
+             first run)",
+        );
+        let deadline = Instant::now() + Duration::from_secs(30 * 60);
+        while !kube_binaries_built() && !processes_with(build_marker).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the running kube-apiserver build did not finish within 30 min"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    let building = !kube_binaries_built();
+    if building {
+        note(
+            "k8s rig: building kube-apiserver and kube-controller-manager from Debian's source \
+             first (10-15 min, once; cached)",
+        );
+    }
+
+    let log = std::fs::File::create(dir.join("rig.log")).unwrap();
+    // The rig script stops the controller manager, the API server and etcd in order on
+    // SIGTERM, but a second SIGTERM during that stop kills it halfway (its trap is reset),
+    // leaving an API server that no longer exits once etcd is gone. And PR_SET_PDEATHSIG fires
+    // once per thread as the test binary's threads exit (the child is handed from one thread
+    // to the next). So the death signal goes to a supervisor that forwards exactly one
+    // SIGTERM to the script and waits for it; in a process group of its own, a Ctrl-C reaches
+    // the rig only that way too.
+    const SUPERVISOR: &str = r#"
+        rig=; sent=
+        forward() { sent=1; trap '' TERM INT HUP; [ -z "$rig" ] || kill -TERM "$rig" 2>/dev/null; }
+        trap forward TERM INT HUP
+        bash "$1" run "$2" & rig=$!
+        [ -z "$sent" ] || kill -TERM "$rig" 2>/dev/null
+        while kill -0 "$rig" 2>/dev/null; do wait "$rig"; done
+        wait "$rig"
+    "#;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(SUPERVISOR)
+        .arg("k8s-rig-supervisor")
+        .arg(&script)
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    // The death signal follows the spawning thread: a thread that never ends spawns the rig
+    // and waits for it.
+    let exit: Arc<Mutex<Option<String>>> = Arc::default();
+    let exit_in_thread = exit.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        let status = child.wait();
+        *exit_in_thread.lock().unwrap() = Some(format!("{status:?}"));
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+
+    let patience = Duration::from_secs(if building { 30 * 60 } else { 3 * 60 });
+    let deadline = Instant::now() + patience;
+    let ready = dir.join("ready");
+    while !ready.exists() {
+        if let Some(status) = exit.lock().unwrap().clone() {
+            panic!(
+                "the Kubernetes rig exited before it was ready ({status}):\n{}",
+                rig_log(&dir)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Kubernetes rig was not ready within {patience:?}:\n{}",
+            rig_log(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    note(&format!(
+        "k8s rig: ready, KUBECONFIG={}",
+        dir.join("kubeconfig").display()
+    ));
+    KubeRig {
+        kubeconfig: dir.join("kubeconfig"),
+        dir,
+    }
+}
+
+/// A Kubernetes client from a kubeconfig file (its current context). Each test makes its own:
+/// a client belongs to the runtime it was made on.
+pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("use {}: {e}", kubeconfig.display()));
+    kube::Client::try_from(config).expect("a Kubernetes client")
+}
+
+// --- Playing the kubelet: the rig has none. ---
+
+/// Now, as a Kubernetes timestamp.
+pub fn k8s_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The image of a pod's first container.
+pub fn pod_image(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// The made-up container id the kubelet reports for a pod (64 hex digits, as containerd's).
+pub fn container_id(pod: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pod.hash(&mut h);
+    let x = h.finish();
+    format!(
+        "containerd://{x:016x}{:016x}{x:016x}{:016x}",
+        !x,
+        x.rotate_left(17)
+    )
+}
+
+/// What a kubelet reports for a started, ready container: Running, every condition True.
+pub async fn mark_ready(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> kube::Result<k8s_openapi::api::core::v1::Pod> {
+    let name = pod.metadata.name.clone().unwrap();
+    let image = pod_image(pod);
+    let now = k8s_now();
+    let condition = |type_: &str| {
+        serde_json::json!({"type": type_, "status": "True", "lastProbeTime": null,
+               "lastTransitionTime": now})
+    };
+    let patch = serde_json::json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": [
+            condition("PodScheduled"),
+            condition("Initialized"),
+            condition("ContainersReady"),
+            condition("Ready"),
+        ],
+        "containerStatuses": [{
+            "name": "workload",
+            "ready": true,
+            "started": true,
+            "restartCount": 0,
+            "image": image,
+            "imageID": format!("docker-pullable://{image}@sha256:{}", "0".repeat(64)),
+            "containerID": container_id(&name),
+            "state": {"running": {"startedAt": now}},
+        }],
+    }});
+    api.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault suite's helpers (tests/worker/faults.rs).
+// ---------------------------------------------------------------------------------------------
+
+impl TestWorker {
+    /// Waits up to `within` for the worker process to exit by itself (a crash point fired);
+    /// whether it did.
+    pub fn wait_exited(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Starts the worker again (same task queue, SQLite store, local-provider directory and
+    /// environment) after it exited, and waits until it polls.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let started = self.log().matches("Worker started.").count();
+        self.child = start_worker_process(
+            self.dir.path(),
+            &self.task_queue,
+            &self.settle,
+            &self.env,
+            &self.args,
+        );
+        self.wait_started(started + 1);
+    }
+
+    /// kill -9, no restart.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a worker on a given task queue, store URL and local-provider directory (several
+/// workers sharing one queue, one Postgres and one host) and waits until it polls. Its log is
+/// in its own directory. Not for [`TestWorker::crash_and_restart`] (that restarts on SQLite).
+pub fn spawn_shared_worker(
+    task_queue: &str,
+    database: &str,
+    local_dir: &Path,
+    opts: WorkerOpts<'_>,
+) -> TestWorker {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("worker.log"))
+        .unwrap();
+    let env: Vec<(String, String)> = opts
+        .env
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_compute-worker"))
+        .arg("run")
+        .args(["--task-queue", task_queue])
+        .args(["--database", database])
+        .arg("--local-state-dir")
+        .arg(local_dir)
+        .args(["--local-settle", opts.settle, "--local-stop-grace", "2s"])
+        .args(["--log-format", "json"])
+        .args(&opts.args)
+        .env("TEMPORAL_ADDRESS", server_address())
+        .env(
+            "RUST_LOG",
+            "debug,h2=info,tonic=info,hyper=info,tower=info,sqlx=info",
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start compute-worker");
+    let worker = TestWorker {
+        dir,
+        task_queue: task_queue.to_string(),
+        child,
+        settle: opts.settle.to_string(),
+        env,
+        args: opts.args,
+    };
+    worker.wait_started(1);
+    worker
+}
+
+/// A fresh database on the machine's Postgres (`COMPUTE_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), dropped with the value.
+pub struct PostgresDatabase {
+    admin_url: String,
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("COMPUTE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn psql(url: &str, sql: &str) -> Result<String> {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
+        .output()
+        .context("run psql")?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates a fresh database for one test.
+pub fn postgres_database(prefix: &str) -> PostgresDatabase {
+    let admin_url = postgres_admin_url();
+    let name = format!("{prefix}_{}_{}", std::process::id(), free_port());
+    psql(&admin_url, &format!("CREATE DATABASE \"{name}\""))
+        .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin_url.clone());
+    let url = format!("{base}/{name}");
+    PostgresDatabase {
+        admin_url,
+        name,
+        url,
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// A Temporal dev server of one test's own (the shared one cannot be stopped): a port and a
+/// database file that survive [`stop`](Self::stop) and [`start`](Self::start).
+pub struct OwnTemporalServer {
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Starts a dev server of the test's own and waits until it is healthy.
+pub fn own_temporal_server() -> OwnTemporalServer {
+    let port = free_port();
+    let mut server = OwnTemporalServer {
+        address: format!("127.0.0.1:{port}"),
+        port,
+        dir: tempfile::tempdir().unwrap(),
+        child: None,
+    };
+    server.start();
+    server
+}
+
+impl OwnTemporalServer {
+    /// Starts it (again) on its port and database file; waits until healthy.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new(temporal_bin());
+        cmd.args([
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+            "--ui-port",
+            &free_port().to_string(),
+            "--log-level",
+            "error",
+            "--search-attribute",
+            "TenantId=Keyword",
+            "--db-filename",
+        ])
+        .arg(self.dir.path().join("temporal.db"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("start the Temporal dev server"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new(temporal_bin())
+                .args(["operator", "cluster", "health", "--address", &self.address])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Temporal dev server did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops it (SIGTERM, SIGKILL after 10 s) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client of it.
+    pub async fn client(&self) -> Client {
+        let url: temporalio_client::Url = format!("http://{}", self.address).parse().unwrap();
+        let conn = Connection::connect(ConnectionOptions::new(url).build())
+            .await
+            .expect("connect to the dev server");
+        Client::new(conn, ClientOptions::new("default").build()).unwrap()
+    }
+}
+
+impl Drop for OwnTemporalServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A throwaway Postgres cluster of one test's own (the machine's shared one must not be
+/// stopped): run as user postgres in a directory it owns, on its own port.
+pub struct OwnPostgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+fn postgres_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Postgres binaries under /usr/lib/postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("pg_ctl under /usr/lib/postgresql/*/bin")
+}
+
+fn as_postgres(bin: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin)
+        .args(args)
+        .output()
+        .context("runuser")?;
+    if !out.status.success() {
+        bail!(
+            "{} {args:?} failed: {}{}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// initdb + start of a throwaway cluster.
+pub fn own_postgres() -> OwnPostgres {
+    let dir = tempfile::tempdir().unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir.path())
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let port = free_port();
+    let pg = OwnPostgres {
+        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        port,
+        dir,
+        bin: postgres_bin_dir(),
+    };
+    let data = pg.dir.path().join("data");
+    as_postgres(
+        &pg.bin.join("initdb"),
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+        ],
+    )
+    .expect("initdb");
+    pg.start();
+    pg
+}
+
+impl OwnPostgres {
+    /// Starts it (again) and waits until it accepts connections.
+    pub fn start(&self) {
+        let data = self.dir.path().join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-w",
+                "-l",
+                self.dir.path().join("pg.log").to_str().unwrap(),
+                "-o",
+                &opts,
+                "start",
+            ],
+        )
+        .expect("pg_ctl start");
+    }
+
+    /// Stops it at once (`pg_ctl stop -m immediate`).
+    pub fn stop_immediately(&self) {
+        let data = self.dir.path().join("data");
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-w",
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        )
+        .expect("pg_ctl stop");
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-w",
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+    }
+}
+
+/// Stops (SIGKILL to its process group) every workload recorded in a local-provider
+/// directory whose recorded process still runs: for workers sharing a directory of the test's
+/// own, which their `Drop` does not clean.
+pub fn stop_local_workloads(dir: &Path) {
+    for rec in glob_process_records(dir) {
+        let start = rec.get("processStartTime").and_then(Value::as_u64);
+        if let Some(pid) = rec.get("pid").and_then(Value::as_i64)
+            && start.is_some()
+            && start_time(pid as u64) == start
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

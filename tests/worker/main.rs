@@ -2,8 +2,15 @@
 //! in Rust (TenantComputeWorkflow), Python (`temporalio`) and the `temporal` CLI.
 #![allow(missing_docs)]
 
+mod audit;
+mod deploy;
 mod ecs;
+mod faults;
+mod fuzz;
 mod harness;
+mod kubernetes;
+mod secret_scan;
+mod sweep;
 
 use compute_activities::{contract::TenantState, store};
 use harness::{

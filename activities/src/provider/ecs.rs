@@ -18,6 +18,7 @@ use aws_sdk_ecs::{
     Client,
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
+    operation::RequestId,
     types::{
         AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition,
         DeploymentRolloutState, DesiredStatus, KeyValuePair, LaunchType, LogConfiguration,
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::{ComputeProvider, CurrentState, Observation, OperationContext};
+use super::{ComputeProvider, CurrentState, ManagedResource, Observation, OperationContext};
 use crate::{
     contract::{ComputeSpec, Operation, Progress, ResourceIds},
     error::{ComputeError, ErrorCode, Result},
@@ -91,6 +92,21 @@ pub fn client_token(execution_id: &str) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a `valueFrom` is the ARN of an SSM parameter or a Secrets Manager secret
+/// (`arn:<partition>:ssm|secretsmanager:<region>:<account>:...`).
+pub fn is_secret_arn(v: &str) -> bool {
+    let parts: Vec<&str> = v.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && matches!(parts[2], "ssm" | "secretsmanager")
+        && !parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && !parts[5].is_empty()
+        && !v.chars().any(char::is_whitespace)
+}
+
 /// Treats "the service is already gone" as success: deleting is idempotent.
 fn ok_if_gone<T>(result: Result<T>) -> Result<()> {
     match result {
@@ -99,13 +115,14 @@ fn ok_if_gone<T>(result: Result<T>) -> Result<()> {
     }
 }
 
-/// Maps an SDK error onto the error table, where it arises.
+/// Maps an SDK error onto the error table, where it arises, with AWS's request id when the
+/// response carried one.
 pub fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>, cluster: &str) -> ComputeError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let unavailable = |m: String| ComputeError::new(ErrorCode::ProviderTemporarilyUnavailable, m);
-    match err {
+    let error = match err {
         SdkError::TimeoutError(_) => unavailable(format!("{what}: ECS did not answer in time"))
             .with_provider(PROVIDER, Some("TimeoutError")),
         SdkError::DispatchFailure(e) => unavailable(format!("{what}: ECS could not be reached"))
@@ -126,7 +143,8 @@ where
             classify_code(what, &code, &message, status, cluster)
         }
         _ => unavailable(format!("{what}: unexpected SDK error")).with_provider(PROVIDER, None),
-    }
+    };
+    error.with_provider_request_id(err.request_id())
 }
 
 /// The error for a task that stopped while the deployment rolled out.
@@ -465,11 +483,14 @@ impl EcsProvider {
             ));
         }
         for (i, s) in spec.secrets.iter().enumerate() {
+            // Only a full ARN: a bare parameter name cannot be told apart from a secret value
+            // pasted where the reference belongs.
             match &s.value_from {
-                Some(v) if !v.starts_with("env:") && !v.starts_with("file:") => {}
+                Some(v) if is_secret_arn(v) => {}
                 _ => {
                     return Err(ComputeError::invalid(format!(
-                        "spec.secrets[{i}].valueFrom: the ECS provider needs an SSM parameter or Secrets Manager ARN"
+                        "spec.secrets[{i}].valueFrom: the ECS provider needs the full ARN of an \
+                         SSM parameter or a Secrets Manager secret"
                     )));
                 }
             }
@@ -1068,6 +1089,66 @@ impl ComputeProvider for EcsProvider {
         }
     }
 
+    async fn list_managed(&self) -> Result<Vec<ManagedResource>> {
+        let cluster = &self.config.cluster;
+        let mut arns = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = self
+                .client
+                .list_services()
+                .cluster(cluster)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(|e| classify("ListServices", &e, cluster))?;
+            arns.extend(page.service_arns().iter().cloned());
+            next_token = page.next_token().map(str::to_string);
+            if next_token.is_none() {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        // DescribeServices takes at most 10 services a call.
+        for batch in arns.chunks(10) {
+            let described = self
+                .client
+                .describe_services()
+                .cluster(cluster)
+                .set_services(Some(batch.to_vec()))
+                .include(aws_sdk_ecs::types::ServiceField::Tags)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeServices", &e, cluster))?;
+            for service in described.services() {
+                if service.status() != Some("ACTIVE") {
+                    continue;
+                }
+                let tag = |key: &str| {
+                    service
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(key))
+                        .and_then(|t| t.value().map(str::to_string))
+                };
+                if tag("managed-by").as_deref() != Some("compute-worker") {
+                    continue;
+                }
+                let Some(tenant_id) = tag("tenant-id") else {
+                    continue;
+                };
+                out.push(ManagedResource {
+                    tenant_id,
+                    kind: "ecs-service".into(),
+                    id: service.service_arn().unwrap_or_default().to_string(),
+                    execution_id: tag("execution-id"),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        Ok(out)
+    }
+
     fn poll_interval(&self) -> Duration {
         self.observer.interval
     }
@@ -1098,6 +1179,27 @@ mod tests {
     use aws_smithy_types::body::SdkBody;
 
     use super::*;
+
+    #[test]
+    fn only_secret_arns_are_references() {
+        for good in [
+            "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf",
+            "arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/x",
+        ] {
+            assert!(is_secret_arn(good), "{good}");
+        }
+        for bad in [
+            "hunter2",
+            "/prod/db/password",
+            "arn:aws:s3:::bucket/key",
+            "arn:aws:ssm:us-east-1:1234:parameter/x",
+            "arn:aws:ssm:us-east-1:123456789012:",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/a b",
+        ] {
+            assert!(!is_secret_arn(bad), "{bad}");
+        }
+    }
     use crate::contract::Metadata;
 
     fn op(operation: Operation) -> OperationContext {
@@ -1310,6 +1412,7 @@ mod tests {
                 let mut r =
                     HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body));
                 r.headers_mut().insert("x-amzn-ErrorType", header);
+                r.headers_mut().insert("x-amzn-RequestId", "req-123");
                 r
             });
             let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe], |c| c
@@ -1321,6 +1424,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.code, expected, "{e:?}");
             assert!(e.retriable);
+            assert_eq!(e.provider_request_id.as_deref(), Some("req-123"));
         }
     }
 

@@ -47,7 +47,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{ComputeProvider, CurrentState, Observation, OperationContext};
+use super::{ComputeProvider, CurrentState, ManagedResource, Observation, OperationContext};
 use crate::{
     contract::{ComputeSpec, Operation, Progress, ResourceIds, SecretRef, now},
     error::{ComputeError, ErrorCode, Result},
@@ -1033,6 +1033,38 @@ impl ComputeProvider for LocalProvider {
             Operation::Provision | Operation::Update => self.observe_settle(op, resources).await,
             Operation::Delete => Ok(self.observe_gone(resources).await),
         }
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedResource>> {
+        let mut entries = match tokio::fs::read_dir(&self.root).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_internal("listing the state directory failed", &e)),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| io_internal("listing the state directory failed", &e))?
+        {
+            let tenant_id = entry.file_name().to_string_lossy().into_owned();
+            if check_tenant_id(&tenant_id).is_err() || !entry.path().is_dir() {
+                continue;
+            }
+            // Only a live process is a resource: a record of an exited one holds nothing.
+            if let Some(record) = self.read_record(&tenant_id).await?
+                && record.identity().is_live()
+            {
+                out.push(ManagedResource {
+                    tenant_id,
+                    kind: "process".into(),
+                    id: record.pid.to_string(),
+                    execution_id: Some(record.execution_id),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        Ok(out)
     }
 
     fn poll_interval(&self) -> Duration {

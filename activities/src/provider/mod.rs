@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub mod ecs;
+pub mod kubernetes;
 pub mod local;
 
 /// The execution a provider call belongs to (for names, tags and logs).
@@ -50,6 +51,21 @@ pub enum Observation {
     Failed(ComputeError),
 }
 
+/// A resource the worker manages, as its provider lists it (for the orphan sweeper).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedResource {
+    /// The tenant it belongs to.
+    pub tenant_id: String,
+    /// What it is: `process`, `ecs-service`, `deployment`.
+    pub kind: String,
+    /// Its identifier: a pid, a service ARN, `namespace/name`.
+    pub id: String,
+    /// The execution that last created or changed it, where the provider recorded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+}
+
 /// One backend (local processes, ECS, Kubernetes).
 #[async_trait]
 pub trait ComputeProvider: Send + Sync + 'static {
@@ -59,6 +75,12 @@ pub trait ComputeProvider: Send + Sync + 'static {
     /// Checks what only this provider cares about (the local provider needs a command, ECS an
     /// image, ...). Returns `INVALID_CONFIGURATION` naming the field.
     fn validate(&self, spec: &ComputeSpec) -> Result<()>;
+
+    /// Checks the request's metadata where the provider turns it into its own labels or tags.
+    /// Runs with [`validate`](Self::validate), before anything is recorded.
+    fn validate_metadata(&self, _metadata: &Metadata) -> Result<()> {
+        Ok(())
+    }
 
     /// Creates the tenant's compute, or returns what already exists for it.
     async fn provision(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<ResourceIds>;
@@ -74,11 +96,17 @@ pub trait ComputeProvider: Send + Sync + 'static {
     /// Removes the tenant's compute; succeeds when there is nothing to remove.
     async fn delete(&self, op: &OperationContext, current: &CurrentState) -> Result<ResourceIds>;
 
-    /// Looks at an execution's resources once. A provider may wait up to its
-    /// [`poll_interval`](Self::poll_interval) for a change before answering.
+    /// Looks at an execution's resources once. A provider may wait a while (its
+    /// [`poll_interval`](Self::poll_interval), or for a watch event) for a change before
+    /// answering.
     async fn observe(&self, op: &OperationContext, resources: &ResourceIds) -> Result<Observation>;
 
-    /// How often the tracker should observe.
+    /// Every resource carrying the worker's `managed-by` mark, one per tenant (the tenant's
+    /// compute is removed as a whole with [`delete`](Self::delete)).
+    async fn list_managed(&self) -> Result<Vec<ManagedResource>>;
+
+    /// How long the tracker pauses between observations that found the operation in
+    /// progress (zero for a provider whose `observe` waits for changes itself).
     fn poll_interval(&self) -> Duration;
 }
 
@@ -90,6 +118,8 @@ pub enum ProviderConfig {
     Local(local::LocalConfig),
     /// ECS services.
     Ecs(ecs::EcsConfig),
+    /// Kubernetes Deployments.
+    Kubernetes(kubernetes::KubernetesConfig),
 }
 
 /// Builds the configured provider.
@@ -97,6 +127,9 @@ pub async fn build(config: &ProviderConfig) -> Result<Arc<dyn ComputeProvider>> 
     match config {
         ProviderConfig::Local(c) => Ok(Arc::new(local::LocalProvider::new(c.clone())?)),
         ProviderConfig::Ecs(c) => Ok(Arc::new(ecs::EcsProvider::new(c.clone()).await?)),
+        ProviderConfig::Kubernetes(c) => Ok(Arc::new(
+            kubernetes::KubernetesProvider::new(c.clone()).await?,
+        )),
     }
 }
 

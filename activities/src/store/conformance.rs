@@ -1,12 +1,18 @@
 //! One conformance suite every store backend must pass.
+//!
+//! [`run_all`] needs a fresh database (tenant names are fixed); [`concurrent_begins`] and
+//! [`concurrent_writers`] take two stores on the same database, as two workers would have.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::json;
 
 use super::{ExecutionStore, NewExecution, Transition, spec_hash};
 use crate::{
-    contract::{ComputeSpec, ExecutionState, Operation, ResourceIds, TenantState},
+    contract::{
+        AttemptOutcome, AttemptRecord, ComputeSpec, ExecutionState, Operation, Progress,
+        ResourceIds, TenantState, now,
+    },
     error::{ComputeError, ErrorCode},
 };
 
@@ -33,6 +39,8 @@ pub async fn run_all(store: &dyn ExecutionStore) {
     transitions_and_history(store).await;
     tenant_state_machine(store).await;
     listing_is_chronological(store).await;
+    documents_round_trip(store).await;
+    attempts_round_trip(store).await;
 }
 
 async fn begin_is_idempotent(store: &dyn ExecutionStore) {
@@ -309,4 +317,494 @@ pub async fn concurrent_begins(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
             .iter()
             .all(|o| &o.record.status.execution_id == first)
     );
+}
+
+/// What a store returns is what it stored, and free text with any character (a workload's
+/// stderr may hold a NUL) never makes a transition fail. A backend that cannot store NUL may
+/// store U+FFFD instead.
+async fn documents_round_trip(store: &dyn ExecutionStore) {
+    let mut new = new_exec("docs", Operation::Provision, Some("d"), "1");
+    new.request = json!({"tenantId": "docs", "spec": {"args": ["1"], "n": 1.5, "big": u64::MAX}});
+    let begun = store.begin_execution(new.clone()).await.unwrap();
+    assert_eq!(begun.record.request, new.request);
+    assert_eq!(begun.record.spec_hash, new.spec_hash);
+    assert_eq!(begun.record.status.timeout_ms, 60_000);
+    assert_eq!(begun.record.status.idempotency_key.as_deref(), Some("d"));
+    assert_eq!(
+        store.get_tenant("docs").await.unwrap().unwrap().spec,
+        new.spec
+    );
+    let id = begun.record.status.execution_id.clone();
+    let running = store
+        .transition(Transition {
+            progress: Some(Progress {
+                message: "1 of 2 ready".into(),
+                ready: Some(1),
+                desired: Some(2),
+            }),
+            resource_ids: Some(ResourceIds {
+                pod_names: vec!["p-1".into(), "p-2".into()],
+                ..Default::default()
+            }),
+            ..Transition::to(&id, ExecutionState::Running)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_execution(&id).await.unwrap().unwrap(),
+        running.record
+    );
+    assert_eq!(
+        running.record.status.progress.as_ref().unwrap().ready,
+        Some(1)
+    );
+
+    let mut error = ComputeError::new(ErrorCode::WorkloadFailed, "exit 1");
+    error.exit_code = Some(1);
+    error.stderr_tail = Some("bad\0byte \u{1F600} \"quoted\" \\u0000".into());
+    let failed = store
+        .transition(Transition {
+            error: Some(error.clone()),
+            message: Some("attempt 1 failed:\0 WORKLOAD_FAILED".into()),
+            ..Transition::to(&id, ExecutionState::Failed)
+        })
+        .await
+        .unwrap();
+    assert!(failed.applied);
+    let stored = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(stored, failed.record);
+    let same_or_replaced = |got: &str, sent: &str| {
+        assert!(
+            got == sent || got == sent.replace('\0', "\u{FFFD}"),
+            "{got:?} != {sent:?}"
+        );
+    };
+    let got = stored.status.error.unwrap();
+    same_or_replaced(
+        got.stderr_tail.as_deref().unwrap(),
+        error.stderr_tail.as_deref().unwrap(),
+    );
+    assert_eq!(got.exit_code, Some(1));
+    assert_eq!(got.code, ErrorCode::WorkloadFailed);
+    same_or_replaced(
+        stored
+            .status
+            .history
+            .last()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap(),
+        "attempt 1 failed:\0 WORKLOAD_FAILED",
+    );
+    assert_eq!(stored.status.progress, None, "a final state drops progress");
+    assert_eq!(stored.status.resource_ids.pod_names, vec!["p-1", "p-2"]);
+    assert_eq!(
+        store
+            .get_tenant("docs")
+            .await
+            .unwrap()
+            .unwrap()
+            .resource_ids,
+        stored.status.resource_ids
+    );
+}
+
+/// Two stores (two workers) write at once, in every way the worker does: first begins of new
+/// tenants, many different begins on one tenant, racing final states, interleaved notes, and an
+/// old execution finishing while a new one begins, and attempts recorded side by side. Needs the
+/// tenants `fresh-*`, `crowd`, `finals`, `notes`, `late-*` and `audited` unused.
+pub async fn concurrent_writers(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    concurrent_first_begins(a, b).await;
+    concurrent_distinct_begins(a, b).await;
+    concurrent_final_states(a, b).await;
+    concurrent_notes_keep_their_order(a, b).await;
+    late_finish_racing_a_begin(a, b).await;
+    concurrent_attempts(a, b).await;
+}
+
+/// Several tenants seen for the first time, each begun by both workers at once: one execution
+/// each, and only the winner saw no tenant before.
+async fn concurrent_first_begins(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    let stores = [a, b];
+    let mut futures = Vec::new();
+    for t in 0..5 {
+        for i in 0..8 {
+            let store = stores[i % 2];
+            let key = (t % 2 == 0).then_some("first");
+            futures.push(async move {
+                let tenant = format!("fresh-{t}");
+                let o = store
+                    .begin_execution(new_exec(&tenant, Operation::Provision, key, "1"))
+                    .await
+                    .unwrap();
+                (tenant, o)
+            });
+        }
+    }
+    let outcomes = futures::future::join_all(futures).await;
+    for t in 0..5 {
+        let tenant = format!("fresh-{t}");
+        let mine: Vec<_> = outcomes
+            .iter()
+            .filter(|(name, _)| *name == tenant)
+            .map(|(_, o)| o)
+            .collect();
+        let created: Vec<_> = mine.iter().filter(|o| o.created).collect();
+        assert_eq!(created.len(), 1, "{tenant}");
+        assert!(created[0].previous_tenant.is_none(), "{tenant}");
+        assert!(
+            mine.iter()
+                .filter(|o| !o.created)
+                .all(|o| o.previous_tenant.is_some())
+        );
+        let ids: HashSet<_> = mine.iter().map(|o| &o.record.status.execution_id).collect();
+        assert_eq!(ids.len(), 1, "{tenant}");
+        let stored = a.get_tenant(&tenant).await.unwrap().unwrap();
+        assert_eq!(stored.generation, 1);
+        assert_eq!(stored.state, TenantState::Provisioning);
+        assert_eq!(b.list_executions(&tenant).await.unwrap().len(), 1);
+    }
+}
+
+/// Different requests for one tenant from both workers at once: every one is a new execution
+/// with its own id, each bumps the generation once, and the listing and the tenant agree on
+/// which came last.
+async fn concurrent_distinct_begins(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    let t = "crowd";
+    let first = a
+        .begin_execution(new_exec(t, Operation::Provision, None, "0"))
+        .await
+        .unwrap();
+    let stores = [a, b];
+    let outcomes = futures::future::join_all((1..=16).map(|i| {
+        let store = stores[i % 2];
+        async move {
+            store
+                .begin_execution(new_exec(t, Operation::Update, None, &i.to_string()))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert!(outcomes.iter().all(|o| o.created));
+    let mut ids: HashSet<_> = outcomes
+        .iter()
+        .map(|o| o.record.status.execution_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 16, "unique execution ids");
+    ids.insert(first.record.status.execution_id.clone());
+    let tenant = b.get_tenant(t).await.unwrap().unwrap();
+    assert_eq!(tenant.generation, 17);
+    assert_eq!(tenant.state, TenantState::Updating);
+    let listed = a.list_executions(t).await.unwrap();
+    assert_eq!(listed.len(), 17);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r.status.execution_id.clone())
+            .collect::<HashSet<_>>(),
+        ids
+    );
+    assert_eq!(
+        listed[0].status.execution_id,
+        first.record.status.execution_id
+    );
+    assert_eq!(
+        tenant.last_execution_id.as_ref(),
+        Some(&listed.last().unwrap().status.execution_id),
+        "the tenant's latest execution is the last listed"
+    );
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0].status.created_at <= w[1].status.created_at)
+    );
+    assert!(listed.iter().all(|r| r.status.history.len() == 1));
+    // Each begin saw the one before it (previous_tenant is the tenant as it was then): the
+    // generations seen are all different.
+    let seen: HashSet<_> = outcomes
+        .iter()
+        .map(|o| o.previous_tenant.as_ref().unwrap().generation)
+        .collect();
+    assert_eq!(seen, (1..=16).collect());
+}
+
+/// Both workers try to finish one execution, one with success and one with failure, many times
+/// at once: exactly one final state is applied, recorded once, and the tenant follows it.
+async fn concurrent_final_states(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    let t = "finals";
+    let id = a
+        .begin_execution(new_exec(t, Operation::Provision, None, "1"))
+        .await
+        .unwrap()
+        .record
+        .status
+        .execution_id;
+    a.transition(Transition::to(&id, ExecutionState::Running))
+        .await
+        .unwrap();
+    let stores = [a, b];
+    let outcomes = futures::future::join_all((0..12).map(|i| {
+        let store = stores[i % 2];
+        let id = id.clone();
+        async move {
+            let t = if i % 2 == 0 {
+                Transition::to(&id, ExecutionState::Succeeded)
+            } else {
+                Transition {
+                    error: Some(ComputeError::new(ErrorCode::WorkloadFailed, "exit 1")),
+                    ..Transition::to(&id, ExecutionState::Failed)
+                }
+            };
+            (t.state, store.transition(t).await.unwrap())
+        }
+    }))
+    .await;
+    let stored = b.get_execution(&id).await.unwrap().unwrap();
+    let winner = stored.status.state;
+    assert!(winner.is_final());
+    // The losing state is never applied. (Repeating the winning state is not a change of
+    // state; with an error it may still count as applied, refreshing the recorded error.)
+    assert!(
+        outcomes
+            .iter()
+            .all(|(state, o)| !o.applied || *state == winner),
+        "one final state wins"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|(state, o)| o.applied && *state == winner)
+    );
+    assert_eq!(
+        stored
+            .status
+            .history
+            .iter()
+            .filter(|h| h.state.is_final())
+            .count(),
+        1
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| o.record.status.state == winner)
+    );
+    let expected = if winner == ExecutionState::Succeeded {
+        TenantState::Active
+    } else {
+        TenantState::Failed
+    };
+    assert_eq!(a.get_tenant(t).await.unwrap().unwrap().state, expected);
+}
+
+/// Both workers add notes to one execution at once: none is lost, each worker's notes keep
+/// their order, and time never goes backwards in the history.
+async fn concurrent_notes_keep_their_order(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    let id = a
+        .begin_execution(new_exec("notes", Operation::Provision, None, "1"))
+        .await
+        .unwrap()
+        .record
+        .status
+        .execution_id;
+    a.transition(Transition::to(&id, ExecutionState::Running))
+        .await
+        .unwrap();
+    async fn write(store: &dyn ExecutionStore, id: &str, who: &str) {
+        for i in 0..10 {
+            let o = store
+                .transition(Transition {
+                    message: Some(format!("{who}{i}")),
+                    ..Transition::to(id, ExecutionState::Running)
+                })
+                .await
+                .unwrap();
+            assert!(o.applied);
+        }
+    }
+    futures::join!(write(a, &id, "a"), write(b, &id, "b"));
+    let history = b.get_execution(&id).await.unwrap().unwrap().status.history;
+    assert_eq!(history.len(), 22);
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
+    for who in ["a", "b"] {
+        let mine: Vec<_> = history
+            .iter()
+            .filter_map(|h| h.message.as_deref())
+            .filter(|m| m.starts_with(who))
+            .collect();
+        let expected: Vec<_> = (0..10).map(|i| format!("{who}{i}")).collect();
+        assert_eq!(mine, expected);
+    }
+}
+
+/// An old execution finishes on one worker while the other begins a new one for the same
+/// tenant: whichever commits first, the tenant ends up speaking for the new execution.
+async fn late_finish_racing_a_begin(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    for round in 0..6 {
+        let t = format!("late-{round}");
+        let old = a
+            .begin_execution(new_exec(&t, Operation::Provision, None, "1"))
+            .await
+            .unwrap()
+            .record
+            .status
+            .execution_id;
+        a.transition(Transition::to(&old, ExecutionState::Running))
+            .await
+            .unwrap();
+        let (finisher, beginner) = if round % 2 == 0 { (a, b) } else { (b, a) };
+        let (finished, begun) = futures::join!(
+            finisher.transition(Transition::to(&old, ExecutionState::Succeeded)),
+            beginner.begin_execution(new_exec(&t, Operation::Update, None, "2")),
+        );
+        assert!(finished.unwrap().applied);
+        let begun = begun.unwrap();
+        assert!(begun.created);
+        let tenant = a.get_tenant(&t).await.unwrap().unwrap();
+        assert_eq!(
+            tenant.last_execution_id.as_deref(),
+            Some(begun.record.status.execution_id.as_str())
+        );
+        assert_eq!(tenant.state, TenantState::Updating, "{t}");
+    }
+}
+
+/// An attempt of `activity` about `execution`, started `started_ms_ago` milliseconds ago.
+fn attempt(
+    execution: Option<&str>,
+    tenant: Option<&str>,
+    activity: &str,
+    number: u32,
+    started_ms_ago: i64,
+    error: Option<&ComputeError>,
+) -> AttemptRecord {
+    let finished_at = now();
+    AttemptRecord {
+        execution_id: execution.map(str::to_string),
+        tenant_id: tenant.map(str::to_string),
+        activity_type: activity.into(),
+        activity_id: format!("{activity}-1"),
+        workflow_id: Some("caller-1".into()),
+        run_id: Some("run-1".into()),
+        attempt: number,
+        started_at: finished_at - chrono::Duration::milliseconds(started_ms_ago),
+        finished_at,
+        latency_ms: started_ms_ago as u64,
+        outcome: error.map_or(AttemptOutcome::Ok, |e| AttemptOutcome::Failed(e.code)),
+        retriable: error.is_some_and(|e| e.retriable),
+        provider: error.and_then(|e| e.provider.clone()),
+        provider_code: error.and_then(|e| e.provider_code.clone()),
+        provider_request_id: error.and_then(|e| e.provider_request_id.clone()),
+        message: error.map(|e| e.message.clone()),
+    }
+}
+
+/// The audit trail keeps every attempt as recorded, lists an execution's in the order they
+/// started (not the order they were written), and keeps other executions' and attempts about
+/// no execution apart.
+async fn attempts_round_trip(store: &dyn ExecutionStore) {
+    let id = store
+        .begin_execution(new_exec("audit", Operation::Provision, None, "1"))
+        .await
+        .unwrap()
+        .record
+        .status
+        .execution_id;
+    let throttled = ComputeError::new(ErrorCode::Throttled, "CreateService: ECS is throttling")
+        .with_provider("ecs", Some("ThrottlingException"))
+        .with_provider_request_id(Some("req-0001"));
+    let first = attempt(
+        Some(&id),
+        Some("audit"),
+        "ProvisionTenantCompute",
+        1,
+        3000,
+        Some(&throttled),
+    );
+    let second = attempt(
+        Some(&id),
+        Some("audit"),
+        "ProvisionTenantCompute",
+        2,
+        2000,
+        None,
+    );
+    let mut crashed = ComputeError::new(ErrorCode::WorkloadFailed, "exited:\0 code 3");
+    crashed.provider = Some("local".into());
+    let watch = attempt(
+        Some(&id),
+        Some("audit"),
+        "WatchComputeExecution",
+        1,
+        1000,
+        Some(&crashed),
+    );
+    let refused = attempt(
+        None,
+        None,
+        "ProvisionTenantCompute",
+        1,
+        5,
+        Some(&ComputeError::invalid("tenantId: is required")),
+    );
+    // Written out of order: the watch first, the first attempt last.
+    for a in [&watch, &refused, &second, &first] {
+        store.record_attempt(a.clone()).await.unwrap();
+    }
+    let listed = store.list_attempts(&id).await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(listed[0], first);
+    assert_eq!(listed[1], second);
+    assert_eq!(listed[0].provider_request_id.as_deref(), Some("req-0001"));
+    assert_eq!(
+        listed[0].outcome,
+        AttemptOutcome::Failed(ErrorCode::Throttled)
+    );
+    assert!(listed[0].retriable && !listed[1].retriable);
+    assert_eq!(listed[1].outcome, AttemptOutcome::Ok);
+    assert_eq!(listed[1].message, None);
+    // A backend that cannot store NUL may store U+FFFD instead.
+    let mut watch_stored = watch.clone();
+    watch_stored.message = listed[2].message.clone();
+    assert_eq!(listed[2], watch_stored);
+    let message = listed[2].message.as_deref().unwrap();
+    assert!(
+        message == "exited:\0 code 3" || message == "exited:\u{FFFD} code 3",
+        "{message:?}"
+    );
+    assert!(store.list_attempts("nobody").await.unwrap().is_empty());
+}
+
+/// Two stores (two workers) record attempts of one execution at once: none is lost.
+async fn concurrent_attempts(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
+    let id = a
+        .begin_execution(new_exec("audited", Operation::Provision, None, "1"))
+        .await
+        .unwrap()
+        .record
+        .status
+        .execution_id;
+    let writes = (1..=20u32).map(|n| {
+        let store = if n % 2 == 0 { a } else { b };
+        let record = attempt(
+            Some(&id),
+            Some("audited"),
+            "GetComputeExecution",
+            n,
+            i64::from(100 - n),
+            None,
+        );
+        async move { store.record_attempt(record).await.unwrap() }
+    });
+    futures::future::join_all(writes).await;
+    let numbers: HashSet<u32> = a
+        .list_attempts(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(numbers, (1..=20).collect());
 }

@@ -1,9 +1,11 @@
-//! The execution store: tenants, executions and every state transition.
+//! The execution store: tenants, executions, every state transition, and the audit trail of
+//! every activity attempt.
 //!
-//! One trait, [`ExecutionStore`], with one implementation per database (SQLite now; Postgres
-//! plugs in beside it). The rules every backend shares (how an execution id is derived, which
-//! transitions are allowed, what a transition does to the tenant) are plain functions here, so
-//! backends only store and load.
+//! One trait, [`ExecutionStore`], with one implementation per database: SQLite (embedded, one
+//! worker or several on one host) and Postgres (several workers on several hosts sharing one
+//! database); [`connect`] picks one by the URL's scheme. The rules every backend shares (how an
+//! execution id is derived, which transitions are allowed, what a transition does to the
+//! tenant) are plain functions here, so backends only store and load.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,13 +16,15 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     contract::{
-        ComputeSpec, ExecutionState, ExecutionStatus, Operation, Progress, ResourceIds, TenantState,
+        AttemptRecord, ComputeSpec, ExecutionState, ExecutionStatus, Operation, Progress,
+        ResourceIds, TenantState,
     },
     error::{Classification, ComputeError, ErrorCode},
 };
 
 #[cfg(test)]
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Errors of the store layer.
@@ -39,7 +43,10 @@ pub enum StoreError {
     #[error("a stored row is corrupt: {0}")]
     Corrupt(String),
     /// The database URL names no backend this build has.
-    #[error("unsupported database URL (expected sqlite://PATH or sqlite::memory:): {0}")]
+    #[error(
+        "unsupported database URL (expected sqlite://PATH, sqlite::memory: or \
+         postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE): {0}"
+    )]
     UnsupportedUrl(String),
     /// No such execution.
     #[error("execution {0} does not exist")]
@@ -47,8 +54,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Classifies a driver error at the source: connection trouble, pool timeouts and a busy
-    /// or locked database are transient; the rest is not.
+    /// Classifies a driver error at the source: connection trouble, pool timeouts, a busy or
+    /// locked database and a lost race (serialization failure, deadlock, lock wait timed out)
+    /// are transient; the rest is not.
     pub fn from_sqlx(e: sqlx::Error) -> Self {
         let transient = match &e {
             sqlx::Error::Io(_)
@@ -58,14 +66,16 @@ impl StoreError {
             | sqlx::Error::Tls(_) => true,
             sqlx::Error::Database(db) => {
                 // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6), possibly extended codes.
-                // Postgres: class 08 (connection), 40 (serialization, deadlock), 53, 57P.
+                // Postgres: class 08 (connection), 40 (serialization, deadlock), 53 (out of
+                // resources), 57P (server shutting down), 55P03 (`lock_timeout` expired: another
+                // worker held the row for too long).
                 let code = db.code().map(|c| c.to_string()).unwrap_or_default();
                 let sqlite_busy = code
                     .parse::<i64>()
                     .map(|c| matches!(c & 0xff, 5 | 6))
                     .unwrap_or(false);
                 sqlite_busy
-                    || ["08", "40", "53", "57P"]
+                    || ["08", "40", "53", "57P", "55P03"]
                         .iter()
                         .any(|p| code.starts_with(p))
             }
@@ -228,16 +238,43 @@ pub trait ExecutionStore: Send + Sync + 'static {
         execution_id: &str,
         note: &str,
     ) -> Result<()>;
+
+    /// Appends one attempt of an activity to the audit trail (table `activity_attempts`).
+    async fn record_attempt(&self, attempt: AttemptRecord) -> Result<()>;
+
+    /// The audit trail of one execution: every recorded attempt of every activity about it,
+    /// in the order they started.
+    async fn list_attempts(&self, execution_id: &str) -> Result<Vec<AttemptRecord>>;
 }
 
-/// Opens the store a database URL names and runs its migrations.
+/// Opens the store a database URL names and runs its migrations: `sqlite:...` for SQLite,
+/// `postgres://...` or `postgresql://...` for Postgres.
 pub async fn connect(url: &str) -> Result<Arc<dyn ExecutionStore>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(
             url.split('@').next_back().unwrap_or_default().to_string(),
         ))
+    }
+}
+
+/// A database URL fit for logs and error messages: the password (if any) is replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The userinfo ends at the authority's last '@' (a password may itself contain '@').
+    match rest[..authority_len].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let password = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{}{user}{password}{}", &url[..authority_start], &rest[at..])
+        }
+        None => url.to_string(),
     }
 }
 
@@ -369,6 +406,33 @@ mod tests {
             derive_execution_id("t", Operation::Provision, None, "h2", 1)
         );
         assert!(b.starts_with("t-provision-") && b.len() == "t-provision-".len() + 16);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cr%40t@db:5432/compute",
+                "postgres://app:***@db:5432/compute",
+            ),
+            (
+                "postgres://a:b@c@db/x?sslmode=require",
+                "postgres://a:***@db/x?sslmode=require",
+            ),
+            ("postgresql://app@db/compute", "postgresql://app@db/compute"),
+            ("postgres://db/x?user=a@b", "postgres://db/x?user=a@b"),
+            ("sqlite://data/store.db", "sqlite://data/store.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unsupported_urls_do_not_show_passwords() {
+        let e = connect("mysql://app:hunter2@db/x").await.err().unwrap();
+        assert!(matches!(e, StoreError::UnsupportedUrl(_)));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

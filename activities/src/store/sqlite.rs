@@ -15,7 +15,10 @@ use super::{
     Transition, TransitionOutcome, attaches_to_latest, derive_execution_id, tenant_state_after,
     tenant_state_on_begin,
 };
-use crate::contract::{ExecutionState, ExecutionStatus, HistoryEntry, Operation, TenantState, now};
+use crate::contract::{
+    AttemptOutcome, AttemptRecord, ExecutionState, ExecutionStatus, HistoryEntry, Operation,
+    TenantState, now,
+};
 
 /// The SQLite store: a file (`sqlite://PATH`) or memory (`sqlite::memory:`).
 #[derive(Debug, Clone)]
@@ -158,11 +161,36 @@ impl SqliteStore {
             finished_at,
             duration_ms: finished_at.map(|f| (f - created_at).num_milliseconds().max(0) as u64),
             timeout_ms: col::<i64>(row, "timeout_ms")?.max(0) as u64,
+            attempts: Vec::new(),
         };
         Ok(ExecutionRecord {
             status,
             request: from_json(&col::<String>(row, "request")?)?,
             spec_hash: col(row, "spec_hash")?,
+        })
+    }
+
+    fn decode_attempt(row: &SqliteRow) -> Result<AttemptRecord> {
+        let outcome: String = col(row, "outcome")?;
+        Ok(AttemptRecord {
+            execution_id: col(row, "execution_id")?,
+            tenant_id: col(row, "tenant_id")?,
+            activity_type: col(row, "activity_type")?,
+            activity_id: col(row, "activity_id")?,
+            workflow_id: col(row, "workflow_id")?,
+            run_id: col(row, "run_id")?,
+            attempt: u32::try_from(col::<i64>(row, "attempt")?)
+                .map_err(|e| StoreError::Corrupt(format!("attempt number: {e}")))?,
+            started_at: parse_ts(&col::<String>(row, "started_at")?)?,
+            finished_at: parse_ts(&col::<String>(row, "finished_at")?)?,
+            latency_ms: col::<i64>(row, "latency_ms")?.max(0) as u64,
+            outcome: AttemptOutcome::parse(&outcome)
+                .ok_or_else(|| StoreError::Corrupt(format!("attempt outcome {outcome:?}")))?,
+            retriable: col(row, "retriable")?,
+            provider: col(row, "provider")?,
+            provider_code: col(row, "provider_code")?,
+            provider_request_id: col(row, "provider_request_id")?,
+            message: col(row, "message")?,
         })
     }
 
@@ -473,6 +501,46 @@ impl ExecutionStore for SqliteStore {
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(())
     }
+
+    async fn record_attempt(&self, a: AttemptRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO activity_attempts (execution_id, tenant_id, activity_type, activity_id,
+               workflow_id, run_id, attempt, started_at, finished_at, latency_ms, outcome,
+               retriable, provider, provider_code, provider_request_id, message)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.execution_id)
+        .bind(&a.tenant_id)
+        .bind(&a.activity_type)
+        .bind(&a.activity_id)
+        .bind(&a.workflow_id)
+        .bind(&a.run_id)
+        .bind(i64::from(a.attempt))
+        .bind(ts(a.started_at))
+        .bind(ts(a.finished_at))
+        .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+        .bind(a.outcome.as_str())
+        .bind(a.retriable)
+        .bind(&a.provider)
+        .bind(&a.provider_code)
+        .bind(&a.provider_request_id)
+        .bind(&a.message)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn list_attempts(&self, execution_id: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM activity_attempts WHERE execution_id = ? ORDER BY started_at, seq",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(Self::decode_attempt).collect()
+    }
 }
 
 #[cfg(test)]
@@ -494,5 +562,6 @@ mod tests {
         // A second pool on the same file, as a second worker would have.
         let other = SqliteStore::connect(&url).await.unwrap();
         super::super::conformance::concurrent_begins(&store, &other).await;
+        super::super::conformance::concurrent_writers(&store, &other).await;
     }
 }

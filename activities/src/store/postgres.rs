@@ -1,0 +1,962 @@
+//! Postgres implementation of the execution store, for several workers sharing one database.
+//!
+//! Behaviour is the SQLite store's (same rules from [`super`], same schema, same results); what
+//! differs is how concurrent writers are kept apart, because here they may be different
+//! processes on different hosts:
+//!
+//! - **Beginning an execution** locks the tenant's row (`SELECT ... FOR UPDATE`) before reading
+//!   the tenant's generation and latest execution, so two workers can never both decide that a
+//!   request is new: the second waits, then sees the first one's execution and attaches to it.
+//!   A tenant seen for the first time gets its row from `INSERT ... ON CONFLICT DO NOTHING`
+//!   first, so there is always a row to lock (concurrent first inserts wait for each other).
+//! - **Transitions and notes** lock the execution's row, so the state machine is checked
+//!   against the latest state and history rows of one execution are written one writer at a
+//!   time, in the order their `seq` (an identity column) records.
+//! - The tenant is updated only `WHERE last_execution_id = <this execution>`; under Postgres'
+//!   read-committed rules that condition is re-checked on the newest row version, so an older
+//!   execution finishing while a newer one begins can never overwrite the newer one's state.
+//! - Locks are always taken execution first, then tenant (beginning takes only the tenant's),
+//!   so writers cannot deadlock; should Postgres still report a serialization failure or a
+//!   deadlock, the whole operation is retried here a few times before it is reported
+//!   (as transient, see [`StoreError::from_sqlx`]).
+//! - Timestamps come from the database's clock, taken once the locks are held, so the history
+//!   of an execution written by workers on different hosts is in order in time as well as in
+//!   `seq` (and never goes backwards, even if the server's clock does).
+//!
+//! Postgres text and `jsonb` cannot hold the NUL character, which SQLite stores happily: free
+//! text (history notes, error messages inside JSON documents) has NUL replaced by U+FFFD, so
+//! that recording a failure never fails because of what the failure said.
+
+use std::{borrow::Cow, future::Future, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use sqlx::{
+    PgConnection, PgPool, Row,
+    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+};
+
+use super::{
+    BeginOutcome, ExecutionRecord, ExecutionStore, NewExecution, Result, StoreError, TenantRecord,
+    Transition, TransitionOutcome, attaches_to_latest, derive_execution_id, tenant_state_after,
+    tenant_state_on_begin,
+};
+use crate::contract::{
+    AttemptOutcome, AttemptRecord, ExecutionState, ExecutionStatus, HistoryEntry, Operation,
+    TenantState,
+};
+
+/// How often an operation that lost a serialization race or a deadlock is tried in all.
+const ATTEMPTS: u32 = 5;
+
+/// The Postgres store (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?PARAMS]`, or
+/// `postgresql://...`).
+///
+/// Any number of workers may share the database; each holds its own pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// The columns of an execution, timestamps as epoch milliseconds (exact: every stored value has
+/// whole milliseconds, and the workspace's sqlx has no chrono support).
+macro_rules! execution_columns {
+    () => {
+        "SELECT e.execution_id, e.tenant_id, e.operation, e.state, e.idempotency_key,
+                e.spec_hash, e.request, e.resource_ids, e.progress, e.error, e.timeout_ms,
+                (extract(epoch FROM e.created_at) * 1000)::bigint AS created_ms,
+                (extract(epoch FROM e.updated_at) * 1000)::bigint AS updated_ms,
+                (extract(epoch FROM e.started_at) * 1000)::bigint AS started_ms,
+                (extract(epoch FROM e.finished_at) * 1000)::bigint AS finished_ms"
+    };
+}
+
+/// An execution's history as one JSON array, oldest first: read in the same statement (so the
+/// same snapshot) as the execution itself, and without one query per execution when listing.
+macro_rules! history_column {
+    () => {
+        ", (SELECT COALESCE(json_agg(json_build_object(
+                  'state', h.state, 'message', h.message,
+                  'at', (extract(epoch FROM h.at) * 1000)::bigint) ORDER BY h.seq), '[]'::json)
+             FROM execution_history h WHERE h.execution_id = e.execution_id) AS history"
+    };
+}
+
+macro_rules! tenant_columns {
+    () => {
+        "SELECT tenant_id, state, spec, resource_ids, last_execution_id, generation,
+                (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms
+         FROM tenants WHERE tenant_id = $1"
+    };
+}
+
+/// A timestamp as a parameter (bound as text and cast with `::timestamptz`: exact to the
+/// millisecond, and it needs no chrono support in sqlx).
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn from_ms(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} ms out of range")))
+}
+
+/// Free text as Postgres can store it (see the module's documentation).
+fn scrub_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn scrub(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(scrub_text(&s).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(scrub).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (scrub_text(&k).into_owned(), scrub(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// A value as a `jsonb` parameter.
+fn doc<T: Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v)
+        .map(scrub)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_doc<T: DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn col<'r, T>(row: &'r PgRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(name).map_err(StoreError::from_sqlx)
+}
+
+/// True for the errors Postgres asks the client to retry: serialization failure and deadlock.
+fn lost_race(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs a whole transaction again when it lost a race, a few times, with a short growing pause.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Err(e) if n < ATTEMPTS && lost_race(&e) => {
+                tracing::debug!(error = %e, attempt = n, "Retrying an execution-store transaction.");
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(n))).await;
+                n += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects (a pool of up to 8 connections) and runs the migrations in
+    /// `migrations/postgres` (several workers starting at once is fine: sqlx serialises them with
+    /// an advisory lock).
+    ///
+    /// Every session gets `lock_timeout = 10s`, so a worker stuck behind another one's row lock
+    /// gives up with a transient error, and `idle_in_transaction_session_timeout = 60s`, so a
+    /// worker that hangs mid-transaction cannot hold a tenant's row forever.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
+        let options = if options.get_application_name().is_none() {
+            options.application_name("compute-worker")
+        } else {
+            options
+        };
+        let options = options.options([
+            ("lock_timeout", "10s"),
+            ("idle_in_transaction_session_timeout", "60s"),
+        ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(0)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .max_lifetime(Some(Duration::from_secs(1800)))
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(options)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The database's clock, to the millisecond, never before the execution's last history
+    /// entry.
+    async fn clock(conn: &mut PgConnection, execution_id: Option<&str>) -> Result<DateTime<Utc>> {
+        let ms: i64 = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM GREATEST(
+                        date_trunc('milliseconds', clock_timestamp()),
+                        (SELECT max(at) FROM execution_history WHERE execution_id = $1)
+                    )) * 1000)::bigint",
+        )
+        .bind(execution_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        from_ms(ms)
+    }
+
+    /// One execution with its history.
+    async fn load_execution(
+        conn: &mut PgConnection,
+        execution_id: &str,
+    ) -> Result<Option<ExecutionRecord>> {
+        let row = sqlx::query(concat!(
+            execution_columns!(),
+            history_column!(),
+            " FROM executions e WHERE e.execution_id = $1"
+        ))
+        .bind(execution_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        row.map(|row| Self::decode_execution(&row, true))
+            .transpose()
+    }
+
+    /// One execution without its history, its row locked until the transaction ends. The
+    /// values are the newest committed ones (a locking read waits for, then re-reads, a row
+    /// another transaction is changing).
+    async fn lock_execution(
+        conn: &mut PgConnection,
+        execution_id: &str,
+    ) -> Result<Option<ExecutionRecord>> {
+        let row = sqlx::query(concat!(
+            execution_columns!(),
+            " FROM executions e WHERE e.execution_id = $1 FOR UPDATE"
+        ))
+        .bind(execution_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        row.map(|row| Self::decode_execution(&row, false))
+            .transpose()
+    }
+
+    fn decode_history(history: Value) -> Result<Vec<HistoryEntry>> {
+        let Value::Array(entries) = history else {
+            return Err(StoreError::Corrupt(format!("history {history}")));
+        };
+        entries
+            .iter()
+            .map(|h| {
+                let state = h["state"].as_str().unwrap_or_default();
+                Ok(HistoryEntry {
+                    state: ExecutionState::parse(state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+                    at: from_ms(
+                        h["at"]
+                            .as_i64()
+                            .ok_or_else(|| StoreError::Corrupt(format!("history entry {h}")))?,
+                    )?,
+                    message: h["message"].as_str().map(str::to_string),
+                })
+            })
+            .collect()
+    }
+
+    fn decode_execution(row: &PgRow, with_history: bool) -> Result<ExecutionRecord> {
+        let op: String = col(row, "operation")?;
+        let state: String = col(row, "state")?;
+        let opt_ts = |name: &str| -> Result<Option<DateTime<Utc>>> {
+            col::<Option<i64>>(row, name)?.map(from_ms).transpose()
+        };
+        let created_at = from_ms(col(row, "created_ms")?)?;
+        let finished_at = opt_ts("finished_ms")?;
+        let history = if with_history {
+            Self::decode_history(col(row, "history")?)?
+        } else {
+            Vec::new()
+        };
+        let status = ExecutionStatus {
+            execution_id: col(row, "execution_id")?,
+            tenant_id: col(row, "tenant_id")?,
+            operation: Operation::parse(&op)
+                .ok_or_else(|| StoreError::Corrupt(format!("operation {op:?}")))?,
+            state: ExecutionState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+            idempotency_key: col(row, "idempotency_key")?,
+            progress: col::<Option<Value>>(row, "progress")?
+                .map(from_doc)
+                .transpose()?,
+            resource_ids: from_doc(col(row, "resource_ids")?)?,
+            error: col::<Option<Value>>(row, "error")?
+                .map(from_doc)
+                .transpose()?,
+            history,
+            created_at,
+            updated_at: from_ms(col(row, "updated_ms")?)?,
+            started_at: opt_ts("started_ms")?,
+            finished_at,
+            duration_ms: finished_at.map(|f| (f - created_at).num_milliseconds().max(0) as u64),
+            timeout_ms: col::<i64>(row, "timeout_ms")?.max(0) as u64,
+            attempts: Vec::new(),
+        };
+        Ok(ExecutionRecord {
+            status,
+            request: col(row, "request")?,
+            spec_hash: col(row, "spec_hash")?,
+        })
+    }
+
+    fn decode_attempt(row: &PgRow) -> Result<AttemptRecord> {
+        let outcome: String = col(row, "outcome")?;
+        Ok(AttemptRecord {
+            execution_id: col(row, "execution_id")?,
+            tenant_id: col(row, "tenant_id")?,
+            activity_type: col(row, "activity_type")?,
+            activity_id: col(row, "activity_id")?,
+            workflow_id: col(row, "workflow_id")?,
+            run_id: col(row, "run_id")?,
+            attempt: u32::try_from(col::<i32>(row, "attempt")?)
+                .map_err(|e| StoreError::Corrupt(format!("attempt number: {e}")))?,
+            started_at: from_ms(col(row, "started_ms")?)?,
+            finished_at: from_ms(col(row, "finished_ms")?)?,
+            latency_ms: col::<i64>(row, "latency_ms")?.max(0) as u64,
+            outcome: AttemptOutcome::parse(&outcome)
+                .ok_or_else(|| StoreError::Corrupt(format!("attempt outcome {outcome:?}")))?,
+            retriable: col(row, "retriable")?,
+            provider: col(row, "provider")?,
+            provider_code: col(row, "provider_code")?,
+            provider_request_id: col(row, "provider_request_id")?,
+            message: col(row, "message")?,
+        })
+    }
+
+    /// One tenant; with `lock`, its row stays locked until the transaction ends.
+    async fn load_tenant(
+        conn: &mut PgConnection,
+        tenant_id: &str,
+        lock: bool,
+    ) -> Result<Option<TenantRecord>> {
+        let sql = if lock {
+            concat!(tenant_columns!(), " FOR UPDATE")
+        } else {
+            tenant_columns!()
+        };
+        let row = sqlx::query(sql)
+            .bind(tenant_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        row.map(|row| {
+            let state: String = col(&row, "state")?;
+            Ok(TenantRecord {
+                tenant_id: col(&row, "tenant_id")?,
+                state: TenantState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("tenant state {state:?}")))?,
+                spec: col::<Option<Value>>(&row, "spec")?
+                    .map(from_doc)
+                    .transpose()?,
+                resource_ids: from_doc(col(&row, "resource_ids")?)?,
+                last_execution_id: col(&row, "last_execution_id")?,
+                generation: col(&row, "generation")?,
+                updated_at: from_ms(col(&row, "updated_ms")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_history(
+        conn: &mut PgConnection,
+        execution_id: &str,
+        state: ExecutionState,
+        message: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO execution_history (execution_id, state, message, at)
+             VALUES ($1, $2, $3, $4::timestamptz)",
+        )
+        .bind(execution_id)
+        .bind(state.as_str())
+        .bind(message.map(scrub_text))
+        .bind(ts(at))
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn try_begin(&self, new: &NewExecution) -> Result<BeginOutcome> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        // A row to lock even for a tenant seen for the first time. A concurrent first insert of
+        // the same tenant waits for ours to commit or roll back, then does nothing.
+        let placeholder = sqlx::query(
+            "INSERT INTO tenants (tenant_id, state, created_at, updated_at)
+             VALUES ($1, $2, date_trunc('milliseconds', clock_timestamp()),
+                     date_trunc('milliseconds', clock_timestamp()))
+             ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(&new.tenant_id)
+        .bind(tenant_state_on_begin(new.operation).as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .rows_affected()
+            == 1;
+        // From here on no other worker can begin an execution of this tenant until we commit.
+        let locked = Self::load_tenant(&mut tx, &new.tenant_id, true).await?;
+        // A placeholder is not a tenant the caller knew: report none, as SQLite does.
+        let tenant = if placeholder { None } else { locked };
+        let generation = tenant.as_ref().map_or(0, |t| t.generation);
+
+        let existing = match &new.idempotency_key {
+            Some(key) => {
+                let id = derive_execution_id(
+                    &new.tenant_id,
+                    new.operation,
+                    Some(key),
+                    &new.spec_hash,
+                    0,
+                );
+                Self::load_execution(&mut tx, &id).await?
+            }
+            None => match tenant.as_ref().and_then(|t| t.last_execution_id.clone()) {
+                Some(last) => Self::load_execution(&mut tx, &last)
+                    .await?
+                    .filter(|latest| attaches_to_latest(latest, new)),
+                None => None,
+            },
+        };
+        if let Some(record) = existing {
+            // Nothing was written (an existing execution means the tenant's row existed, so
+            // there is no placeholder either).
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(BeginOutcome {
+                record,
+                created: false,
+                previous_tenant: tenant,
+            });
+        }
+
+        let next_generation = generation + 1;
+        let execution_id = derive_execution_id(
+            &new.tenant_id,
+            new.operation,
+            new.idempotency_key.as_deref(),
+            &new.spec_hash,
+            next_generation,
+        );
+        let at = Self::clock(&mut tx, None).await?;
+        let spec = new.spec.as_ref().map(doc).transpose()?;
+        sqlx::query(
+            "UPDATE tenants SET state = $2, spec = COALESCE($3, spec), last_execution_id = $4,
+               generation = $5, updated_at = $6::timestamptz
+             WHERE tenant_id = $1",
+        )
+        .bind(&new.tenant_id)
+        .bind(tenant_state_on_begin(new.operation).as_str())
+        .bind(spec)
+        .bind(&execution_id)
+        .bind(next_generation)
+        .bind(ts(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        sqlx::query(
+            "INSERT INTO executions (execution_id, tenant_id, operation, state, idempotency_key,
+               spec_hash, request, timeout_ms, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::timestamptz, $9::timestamptz)",
+        )
+        .bind(&execution_id)
+        .bind(&new.tenant_id)
+        .bind(new.operation.as_str())
+        .bind(ExecutionState::Pending.as_str())
+        .bind(&new.idempotency_key)
+        .bind(&new.spec_hash)
+        .bind(doc(&new.request)?)
+        .bind(new.timeout.as_millis() as i64)
+        .bind(ts(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Self::add_history(&mut tx, &execution_id, ExecutionState::Pending, None, at).await?;
+        let record = Self::load_execution(&mut tx, &execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.clone()))?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(BeginOutcome {
+            record,
+            created: true,
+            previous_tenant: tenant,
+        })
+    }
+
+    async fn try_transition(&self, t: &Transition) -> Result<TransitionOutcome> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let current = Self::lock_execution(&mut tx, &t.execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
+        let from = current.status.state;
+        let same = from == t.state;
+        if !same && !from.can_become(t.state) {
+            let record = Self::load_execution(&mut tx, &t.execution_id)
+                .await?
+                .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(TransitionOutcome {
+                record,
+                applied: false,
+            });
+        }
+        let at = Self::clock(&mut tx, Some(&t.execution_id)).await?;
+        let resource_ids = match &t.resource_ids {
+            Some(ids) => doc(ids)?,
+            None => doc(&current.status.resource_ids)?,
+        };
+        let error = match (&t.error, t.state) {
+            (Some(e), _) => Some(doc(e)?),
+            (None, ExecutionState::Succeeded) => None,
+            (None, _) => current.status.error.as_ref().map(doc).transpose()?,
+        };
+        let progress = if t.state.is_final() {
+            None
+        } else {
+            match &t.progress {
+                Some(p) => Some(doc(p)?),
+                None => current.status.progress.as_ref().map(doc).transpose()?,
+            }
+        };
+        let started_at = match (current.status.started_at, t.state) {
+            (Some(s), _) => Some(ts(s)),
+            (None, ExecutionState::Running) => Some(ts(at)),
+            (None, _) => None,
+        };
+        let finished_at = match current.status.finished_at {
+            Some(f) => Some(ts(f)),
+            None if t.state.is_final() => Some(ts(at)),
+            None => None,
+        };
+        sqlx::query(
+            "UPDATE executions SET state = $1, resource_ids = $2, error = $3, progress = $4,
+               started_at = $5::timestamptz, finished_at = $6::timestamptz,
+               updated_at = $7::timestamptz
+             WHERE execution_id = $8",
+        )
+        .bind(t.state.as_str())
+        .bind(&resource_ids)
+        .bind(error)
+        .bind(progress)
+        .bind(started_at)
+        .bind(finished_at)
+        .bind(ts(at))
+        .bind(&t.execution_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        // A same-state call only adds history when it has something to say (a failed attempt),
+        // so repeated progress updates do not flood the history.
+        if !same || t.message.is_some() {
+            Self::add_history(&mut tx, &t.execution_id, t.state, t.message.as_deref(), at).await?;
+        }
+        if !same
+            && let Some(tenant_state) = tenant_state_after(
+                current.status.operation,
+                t.state,
+                t.error.as_ref().or(current.status.error.as_ref()),
+            )
+        {
+            let cleared = matches!(
+                (current.status.operation, t.state),
+                (Operation::Delete, ExecutionState::Succeeded)
+            );
+            let tenant_ids = if cleared { json!({}) } else { resource_ids };
+            // Only the tenant's latest execution speaks for the tenant: an older operation
+            // finishing late must not overwrite what a newer one set. The condition is
+            // evaluated on the newest row version (waiting for a concurrent begin to commit),
+            // so it holds even while another worker begins a new execution.
+            sqlx::query(
+                "UPDATE tenants SET state = $1, resource_ids = $2, updated_at = $3::timestamptz
+                 WHERE tenant_id = $4 AND last_execution_id = $5",
+            )
+            .bind(tenant_state.as_str())
+            .bind(tenant_ids)
+            .bind(ts(at))
+            .bind(&current.status.tenant_id)
+            .bind(&t.execution_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        }
+        let record = Self::load_execution(&mut tx, &t.execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(TransitionOutcome {
+            record,
+            applied: !same || t.message.is_some() || t.progress.is_some() || t.error.is_some(),
+        })
+    }
+
+    async fn try_set_tenant_state(
+        &self,
+        tenant_id: &str,
+        state: TenantState,
+        execution_id: &str,
+        note: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        // The execution's lock orders the note among its transitions (and keeps the lock order
+        // execution, then tenant, that transitions use).
+        let current = Self::lock_execution(&mut tx, execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.to_string()))?;
+        let at = Self::clock(&mut tx, Some(execution_id)).await?;
+        sqlx::query(
+            "UPDATE tenants SET state = $1, updated_at = $2::timestamptz WHERE tenant_id = $3",
+        )
+        .bind(state.as_str())
+        .bind(ts(at))
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Self::add_history(&mut tx, execution_id, current.status.state, Some(note), at).await?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ExecutionStore for PostgresStore {
+    async fn begin_execution(&self, new: NewExecution) -> Result<BeginOutcome> {
+        retrying(|| self.try_begin(&new)).await
+    }
+
+    async fn get_execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+        Self::load_execution(&mut conn, execution_id).await
+    }
+
+    async fn list_executions(&self, tenant_id: &str) -> Result<Vec<ExecutionRecord>> {
+        // One statement, so one consistent snapshot of the executions and their histories.
+        let rows = sqlx::query(concat!(
+            execution_columns!(),
+            history_column!(),
+            " FROM executions e WHERE e.tenant_id = $1 ORDER BY e.seq"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|row| Self::decode_execution(row, true))
+            .collect()
+    }
+
+    async fn transition(&self, transition: Transition) -> Result<TransitionOutcome> {
+        retrying(|| self.try_transition(&transition)).await
+    }
+
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+        Self::load_tenant(&mut conn, tenant_id, false).await
+    }
+
+    async fn set_tenant_state(
+        &self,
+        tenant_id: &str,
+        state: TenantState,
+        execution_id: &str,
+        note: &str,
+    ) -> Result<()> {
+        retrying(|| self.try_set_tenant_state(tenant_id, state, execution_id, note)).await
+    }
+
+    async fn record_attempt(&self, a: AttemptRecord) -> Result<()> {
+        // One insert that locks nothing: no race to lose, so no retry.
+        let text = |s: &Option<String>| s.as_deref().map(|s| scrub_text(s).into_owned());
+        sqlx::query(
+            "INSERT INTO activity_attempts (execution_id, tenant_id, activity_type, activity_id,
+               workflow_id, run_id, attempt, started_at, finished_at, latency_ms, outcome,
+               retriable, provider, provider_code, provider_request_id, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::timestamptz, $10, $11,
+                     $12, $13, $14, $15, $16)",
+        )
+        .bind(text(&a.execution_id))
+        .bind(text(&a.tenant_id))
+        .bind(scrub_text(&a.activity_type))
+        .bind(scrub_text(&a.activity_id))
+        .bind(text(&a.workflow_id))
+        .bind(text(&a.run_id))
+        .bind(i32::try_from(a.attempt).unwrap_or(i32::MAX))
+        .bind(ts(a.started_at))
+        .bind(ts(a.finished_at))
+        .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+        .bind(a.outcome.as_str())
+        .bind(a.retriable)
+        .bind(text(&a.provider))
+        .bind(text(&a.provider_code))
+        .bind(text(&a.provider_request_id))
+        .bind(text(&a.message))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn list_attempts(&self, execution_id: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT execution_id, tenant_id, activity_type, activity_id, workflow_id, run_id,
+                    attempt, latency_ms, outcome, retriable, provider, provider_code,
+                    provider_request_id, message,
+                    (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
+                    (extract(epoch FROM finished_at) * 1000)::bigint AS finished_ms
+             FROM activity_attempts WHERE execution_id = $1 ORDER BY started_at, seq",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(Self::decode_attempt).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The conformance suite against a real Postgres: `COMPUTE_TEST_POSTGRES_URL` (default
+    //! `postgres://postgres@127.0.0.1:5432/postgres`) names a database to connect to as a user
+    //! who may create databases; each test creates its own database there and drops it after,
+    //! also when it fails. Without a reachable Postgres these tests fail, never skip.
+
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use sqlx::{Connection, Executor};
+
+    use super::{super::conformance, *};
+    use crate::store::{ExecutionStore, redact_url};
+
+    const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// A database of its own for one test, dropped (with any connections still open to it)
+    /// when the test ends, passed or failed.
+    struct TestDatabase {
+        admin_url: String,
+        name: String,
+        url: String,
+    }
+
+    impl TestDatabase {
+        async fn create() -> Self {
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let admin_url =
+                std::env::var("COMPUTE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let name = format!(
+                "compute_test_{}_{:x}_{}",
+                std::process::id(),
+                nanos & 0xffff_ffff_ffff,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let mut admin = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "Postgres at {} is unreachable ({e}). The store tests need one: start \
+                         it, or point COMPUTE_TEST_POSTGRES_URL at a database whose user may \
+                         create databases.",
+                        redact_url(&admin_url)
+                    )
+                });
+            admin
+                .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+                .await
+                .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
+            let _ = admin.close().await;
+            let url = with_database(&admin_url, &name);
+            TestDatabase {
+                admin_url,
+                name,
+                url,
+            }
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            // Drop runs inside the test's runtime (possibly while a failed assertion unwinds),
+            // where nothing may block on a future: drop the database from a thread of its own.
+            let admin_url = self.admin_url.clone();
+            let name = self.name.clone();
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(async {
+                    let mut admin = sqlx::PgConnection::connect(&admin_url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // FORCE: the test's pools may still hold connections.
+                    admin
+                        .execute(
+                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = admin.close().await;
+                    Ok::<_, String>(())
+                })
+            })
+            .join();
+            match dropped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("could not drop the test database {}: {e}", self.name),
+                Err(_) => eprintln!("could not drop the test database {}", self.name),
+            }
+        }
+    }
+
+    /// `url` with its database replaced by `name` (user, password, host and parameters kept).
+    fn with_database(url: &str, name: &str) -> String {
+        let (base, params) = match url.split_once('?') {
+            Some((base, params)) => (base, Some(params)),
+            None => (url, None),
+        };
+        let authority_start = base.find("://").map_or(0, |i| i + 3);
+        let path_start = base[authority_start..]
+            .find('/')
+            .map_or(base.len(), |i| authority_start + i);
+        let mut out = format!("{}/{name}", &base[..path_start]);
+        if let Some(params) = params {
+            out.push('?');
+            out.push_str(params);
+        }
+        out
+    }
+
+    #[test]
+    fn test_urls_keep_everything_but_the_database() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgresql://u:p@h/db?sslmode=disable", "x"),
+            "postgresql://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5433", "x"),
+            "postgres://h:5433/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let db = TestDatabase::create().await;
+        // Through the URL dispatcher, as the worker opens it.
+        let store = crate::store::connect(&db.url).await.unwrap();
+        conformance::run_all(store.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_with_concurrent_writers_on_two_pools() {
+        let db = TestDatabase::create().await;
+        // Two pools, as two worker processes would have; both run the migrations at once.
+        let postgresql = db.url.replacen("postgres://", "postgresql://", 1);
+        let (a, b) = futures::join!(
+            PostgresStore::connect(&db.url),
+            crate::store::connect(&postgresql)
+        );
+        let (a, b): (PostgresStore, Arc<dyn ExecutionStore>) = (a.unwrap(), b.unwrap());
+        conformance::concurrent_begins(&a, b.as_ref()).await;
+        conformance::concurrent_writers(&a, b.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn reconnecting_keeps_the_data_and_the_schema() {
+        let db = TestDatabase::create().await;
+        let id = {
+            let store = PostgresStore::connect(&db.url).await.unwrap();
+            let outcome = store
+                .begin_execution(NewExecution {
+                    tenant_id: "again".into(),
+                    operation: Operation::Delete,
+                    idempotency_key: Some("k".into()),
+                    spec_hash: super::super::spec_hash(None),
+                    spec: None,
+                    request: json!({"tenantId": "again"}),
+                    timeout: Duration::from_secs(5),
+                })
+                .await
+                .unwrap();
+            store.pool.close().await;
+            outcome.record
+        };
+        let store = PostgresStore::connect(&db.url).await.unwrap();
+        let stored = store
+            .get_execution(&id.status.execution_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored, id);
+    }
+
+    #[tokio::test]
+    async fn sessions_get_the_lock_timeouts() {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::connect(&db.url).await.unwrap();
+        let (lock, idle, app): (String, String, String) = sqlx::query_as(
+            "SELECT current_setting('lock_timeout'),
+                    current_setting('idle_in_transaction_session_timeout'),
+                    current_setting('application_name')",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!((lock.as_str(), idle.as_str()), ("10s", "1min"));
+        assert_eq!(app, "compute-worker");
+    }
+
+    #[tokio::test]
+    async fn a_missing_server_is_a_transient_error_without_the_password() {
+        // Port 1 on loopback: nothing listens there.
+        let e = PostgresStore::connect("postgres://app:hunter2@127.0.0.1:1/x")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn nul_is_replaced_everywhere_in_documents() {
+        let v = scrub(json!({"a\u{0}": ["x\u{0}y", 1, {"b": "\u{0}"}], "ok": "\\u0000"}));
+        assert_eq!(
+            v,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, {"b": "\u{FFFD}"}], "ok": "\\u0000"})
+        );
+    }
+}
