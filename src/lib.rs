@@ -26,7 +26,10 @@ use temporalio_common::protos::temporal::api::{
     enums::v1::IndexedValueType,
     operatorservice::v1::{AddSearchAttributesRequest, ListSearchAttributesRequest},
 };
-use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use temporalio_sdk::{
+    Runtime, Worker, WorkerOptions,
+    runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
+};
 
 use crate::telemetry::LogFormat;
 
@@ -102,6 +105,11 @@ pub struct RunArgs {
         default_value = "sqlite://compute-worker.db"
     )]
     pub database: String,
+    /// How many activities the worker runs at once. Every in-flight operation holds one slot
+    /// with its watch (mostly idle, waiting on the provider), so this bounds the operations one
+    /// worker tracks while still taking new requests.
+    #[arg(long, env = "COMPUTE_MAX_CONCURRENT_ACTIVITIES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_activities: u32,
     /// Timeout of operations whose request gives none.
     #[arg(long, env = "COMPUTE_DEFAULT_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub default_timeout: Duration,
@@ -175,6 +183,8 @@ pub struct Settings {
     pub database_url: String,
     /// Default operation timeout.
     pub default_timeout: Duration,
+    /// Activity slots of the worker.
+    pub max_concurrent_activities: usize,
 }
 
 // By hand: the database URL may carry a password.
@@ -185,6 +195,7 @@ impl std::fmt::Debug for Settings {
             .field("provider", &self.provider)
             .field("database_url", &store::redact_url(&self.database_url))
             .field("default_timeout", &self.default_timeout)
+            .field("max_concurrent_activities", &self.max_concurrent_activities)
             .finish()
     }
 }
@@ -221,6 +232,7 @@ impl RunArgs {
             }),
         };
         Ok(Settings {
+            max_concurrent_activities: self.max_concurrent_activities as usize,
             task_queue: self.task_queue.clone(),
             provider,
             database_url: self.database.clone(),
@@ -409,7 +421,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     );
     let runtime = Runtime::from_current_tokio(Default::default())
         .map_err(|e| anyhow!("cannot start the Temporal runtime: {e}"))?;
+    // The SDK's default is 100 activity slots; each in-flight operation's watch holds one, so
+    // past 100 operations new requests would wait for a slot.
+    let tuner = TunerHolder::builder()
+        .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(100))
+        .activity_task_slot_supplier(FixedSizeSlotSupplier::new(
+            settings.max_concurrent_activities,
+        ))
+        .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(100))
+        .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(100))
+        .build();
     let options = WorkerOptions::new(settings.task_queue.clone())
+        .tuner(tuner)
         .register_activities(activities)
         .register_workflow::<ComputeExecutionTracker>()?
         .register_workflow::<TenantComputeWorkflow>()?
