@@ -268,22 +268,7 @@ impl TestWorker {
 
     /// Calls activities from a Python workflow (the `temporalio` SDK), by name.
     pub fn python_calls(&self, calls: Value) -> Vec<Value> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/call_activities.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(server_address())
-            .arg(&self.task_queue)
-            .arg(calls.to_string())
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "python caller failed ({}; is `temporalio` installed?):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("python caller output")
+        run_python_caller(&self.task_queue, &calls)
     }
 }
 
