@@ -5,7 +5,7 @@
 # kube-apiserver for Kubernetes, built once from Debian's source package and cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TEMPORAL_BIN=$(scripts/install-tools.sh)
+TEMPORAL_BIN=$(scripts/install-tools.sh --test-rig)
 export TEMPORAL_BIN
 # The first run builds kube-apiserver and kube-controller-manager (10-15 min, then cached).
 scripts/k8s-rig.sh build

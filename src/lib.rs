@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use compute_activities::{
     ComputeActivities,
     activities::ActivitySettings,
+    callback::{Callbacks, parse_ingress_urls},
     names,
     provider::{
         self, ProviderConfig, ecs::EcsConfig, kubernetes::KubernetesConfig, local::LocalConfig,
@@ -167,6 +168,10 @@ pub struct RunArgs {
     /// (the Deployments' progressDeadlineSeconds).
     #[arg(long, env = "K8S_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub k8s_progress_deadline: Duration,
+    /// Restate ingress URLs that `restate` callbacks may be completed through
+    /// (comma-separated); the first is the default. A callback naming any other is refused.
+    #[arg(long, env = "RESTATE_INGRESS_URL", value_delimiter = ',')]
+    pub restate_ingress_url: Vec<String>,
     /// Log format.
     #[arg(long, env = "COMPUTE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -185,6 +190,8 @@ pub struct Settings {
     pub default_timeout: Duration,
     /// Activity slots of the worker.
     pub max_concurrent_activities: usize,
+    /// Restate ingresses callbacks may use.
+    pub restate_ingress_urls: Vec<String>,
 }
 
 // By hand: the database URL may carry a password.
@@ -196,6 +203,7 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &store::redact_url(&self.database_url))
             .field("default_timeout", &self.default_timeout)
             .field("max_concurrent_activities", &self.max_concurrent_activities)
+            .field("restate_ingress_urls", &self.restate_ingress_urls)
             .finish()
     }
 }
@@ -231,12 +239,20 @@ impl RunArgs {
                 ..KubernetesConfig::default()
             }),
         };
+        let restate_ingress_urls: Vec<String> = self
+            .restate_ingress_url
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        parse_ingress_urls(&restate_ingress_urls).map_err(|e| anyhow!("{}", e.message))?;
         Ok(Settings {
             max_concurrent_activities: self.max_concurrent_activities as usize,
             task_queue: self.task_queue.clone(),
             provider,
             database_url: self.database.clone(),
             default_timeout: self.default_timeout,
+            restate_ingress_urls,
         })
     }
 }
@@ -418,6 +434,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             default_timeout: settings.default_timeout,
             ..ActivitySettings::default()
         },
+    )
+    .with_callbacks(
+        Callbacks::new(&settings.restate_ingress_urls)
+            .map_err(|e| anyhow!("invalid Restate configuration: {}", e.message))?,
     );
     let runtime = Runtime::from_current_tokio(Default::default())
         .map_err(|e| anyhow!("cannot start the Temporal runtime: {e}"))?;

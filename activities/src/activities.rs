@@ -34,15 +34,19 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::{Instrument, Span, field::Empty};
 
 use crate::{
+    callback::{Callbacks, Verdict},
     contract::{
-        AttemptOutcome, AttemptRecord, CallbackTarget, ComputeCallback, ComputeSpec,
+        AttemptOutcome, AttemptRecord, CallbackTarget, ComputeCallback, ComputeSpec, DeliveryState,
         ExecutionHandle, ExecutionState, ExecutionStatus, Metadata, Operation, Progress,
         TemporalCallback, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
     names,
     provider::{ComputeProvider, CurrentState, Observation, OperationContext},
-    store::{self, ExecutionRecord, ExecutionStore, NewExecution, StoreError, Transition},
+    store::{
+        self, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, StoreError,
+        Transition,
+    },
     validate,
 };
 
@@ -135,6 +139,34 @@ pub struct DeliveryOutcome {
     /// Why not, when the target will never accept it (for example: the workflow is closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undeliverable_reason: Option<String>,
+    /// The attempts it took (this one included).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// Input of the heartbeat activity: the targets that asked for heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatInput {
+    /// The execution reported as running.
+    pub execution_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its operation.
+    pub operation: Operation,
+    /// Where to.
+    pub targets: Vec<CallbackTarget>,
+}
+
+/// What the heartbeat activity did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatOutcome {
+    /// Targets that took the heartbeat.
+    pub sent: u32,
+    /// Targets that never will (the token is used or expired): stop heartbeating them.
+    #[serde(default)]
+    pub finished: Vec<CallbackTarget>,
 }
 
 /// Input of the intervention activity.
@@ -154,6 +186,7 @@ pub struct ComputeActivities {
     store: Arc<dyn ExecutionStore>,
     provider: Arc<dyn ComputeProvider>,
     settings: ActivitySettings,
+    callbacks: Arc<Callbacks>,
 }
 
 fn store_err(e: StoreError) -> ComputeError {
@@ -314,6 +347,16 @@ impl ComputeActivities {
             store,
             provider,
             settings,
+            callbacks: Arc::new(Callbacks::default()),
+        }
+    }
+
+    /// Uses these senders for Step Functions and Restate targets (the default has no
+    /// Restate ingress configured).
+    pub fn with_callbacks(self, callbacks: Callbacks) -> Self {
+        ComputeActivities {
+            callbacks: Arc::new(callbacks),
+            ..self
         }
     }
 
@@ -357,6 +400,18 @@ impl ComputeActivities {
     }
 
     fn parse_start(
+        &self,
+        operation: Operation,
+        input: &Value,
+    ) -> Result<StartRequest, ComputeError> {
+        let req = self.parse_start_shape(operation, input)?;
+        if let Some(target) = &req.callback {
+            self.callbacks.check_target(target)?;
+        }
+        Ok(req)
+    }
+
+    fn parse_start_shape(
         &self,
         operation: Operation,
         input: &Value,
@@ -683,63 +738,149 @@ impl ComputeActivities {
         }
     }
 
+    /// One attempt to deliver a callback, recorded in the store with its outcome.
     async fn deliver(
         &self,
         ctx: &ActivityContext,
         input: DeliverInput,
     ) -> Result<DeliveryOutcome, ComputeError> {
-        let cb = &input.callback;
-        match &input.target {
-            CallbackTarget::Temporal(t) => {
-                let client = ctx.client();
-                let namespace = t
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| client.options().namespace.clone());
-                let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
-                    client,
-                    WorkflowExecutionInfo::builder()
-                        .namespace(namespace)
-                        .workflow_id(t.workflow_id.clone())
-                        .maybe_run_id(t.run_id.clone())
-                        .build(),
-                );
-                let payload = RawValue::from_value(cb, &PayloadConverter::serde_json());
-                // The same request id for the same (execution, state) lets the server drop a
-                // duplicate sent by a retried attempt.
-                let options = WorkflowSignalOptions::builder()
-                    .request_id(format!("{}:{}:{}", cb.execution_id, cb.state, cb.sequence))
-                    .build();
-                match handle
-                    .signal(UntypedSignal::new(cb.signal_name()), payload, options)
-                    .await
+        let attempts = ctx.info().attempt;
+        let verdict = match &input.target {
+            CallbackTarget::Temporal(t) => self.signal(ctx, t, &input.callback).await,
+            other => match self.callbacks.deliver(other, &input.callback).await {
+                // A token is "invalid" once used: if an earlier attempt's answer was lost,
+                // that attempt may be what used it.
+                Ok(Verdict::Undeliverable(reason))
+                    if attempts > 1 && matches!(other, CallbackTarget::StepFunctions(_)) =>
                 {
-                    Ok(()) => {
-                        tracing::info!(target = %input.target.describe(), signal = cb.signal_name(), "Callback delivered.");
-                        Ok(DeliveryOutcome {
-                            delivered: true,
-                            undeliverable_reason: None,
-                        })
-                    }
-                    Err(WorkflowInteractionError::NotFound(status)) => {
-                        tracing::warn!(target = %input.target.describe(), reason = %status.message(), "Callback target is gone; recorded as undeliverable.");
-                        Ok(DeliveryOutcome {
-                            delivered: false,
-                            undeliverable_reason: Some(format!(
-                                "workflow not found or closed: {}",
-                                status.message()
-                            )),
-                        })
-                    }
-                    Err(e) => Err(ComputeError::new(
-                        ErrorCode::ProviderTemporarilyUnavailable,
-                        "Temporal did not accept the callback signal",
-                    )
-                    .with_provider("temporal", None)
-                    .with_root_cause(e)),
+                    Ok(Verdict::Undeliverable(format!(
+                        "{reason}; an earlier attempt whose answer was lost may have completed \
+                         the task"
+                    )))
                 }
+                v => v,
+            },
+        };
+        self.record_delivery(&input, &verdict).await;
+        let target = input.target.describe();
+        match verdict {
+            Ok(Verdict::Delivered) => {
+                tracing::info!(%target, state = %input.callback.state, attempts, "Callback delivered.");
+                Ok(DeliveryOutcome {
+                    delivered: true,
+                    undeliverable_reason: None,
+                    attempts,
+                })
+            }
+            Ok(Verdict::Undeliverable(reason)) => {
+                tracing::warn!(%target, %reason, attempts, "The callback target will never accept the callback; recorded as undeliverable.");
+                Ok(DeliveryOutcome {
+                    delivered: false,
+                    undeliverable_reason: Some(reason),
+                    attempts,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Counts the attempt in `callback_deliveries`. Best effort: the delivery's outcome
+    /// stands whether or not the store takes the record.
+    async fn record_delivery(&self, input: &DeliverInput, verdict: &Result<Verdict, ComputeError>) {
+        if input.callback.execution_id.is_empty() {
+            return;
+        }
+        let (outcome, error) = match verdict {
+            Ok(Verdict::Delivered) => (DeliveryState::Delivered, None),
+            Ok(Verdict::Undeliverable(r)) => (DeliveryState::Undeliverable, Some(r.clone())),
+            Err(e) => (
+                DeliveryState::Pending,
+                Some(match &e.provider_code {
+                    Some(code) => format!("{} ({code})", e.message),
+                    None => e.message.clone(),
+                }),
+            ),
+        };
+        let attempt = DeliveryAttempt {
+            execution_id: input.callback.execution_id.clone(),
+            target: input.target.describe(),
+            kind: input.target.kind().to_string(),
+            state: input.callback.state,
+            sequence: input.callback.sequence,
+            outcome,
+            error,
+            at: now(),
+        };
+        match tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.store.record_delivery(attempt)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Could not record the delivery attempt; its outcome stands.")
+            }
+            Err(_) => tracing::warn!(
+                "The store did not take the delivery attempt in time; its outcome stands."
+            ),
+        }
+    }
+
+    /// Signals a Temporal workflow (one attempt).
+    async fn signal(
+        &self,
+        ctx: &ActivityContext,
+        t: &TemporalCallback,
+        cb: &ComputeCallback,
+    ) -> Result<Verdict, ComputeError> {
+        let client = ctx.client();
+        let namespace = t
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.options().namespace.clone());
+        let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
+            client,
+            WorkflowExecutionInfo::builder()
+                .namespace(namespace)
+                .workflow_id(t.workflow_id.clone())
+                .maybe_run_id(t.run_id.clone())
+                .build(),
+        );
+        let payload = RawValue::from_value(cb, &PayloadConverter::serde_json());
+        // The same request id for the same (execution, state) lets the server drop a
+        // duplicate sent by a retried attempt.
+        let options = WorkflowSignalOptions::builder()
+            .request_id(format!("{}:{}:{}", cb.execution_id, cb.state, cb.sequence))
+            .build();
+        match handle
+            .signal(UntypedSignal::new(cb.signal_name()), payload, options)
+            .await
+        {
+            Ok(()) => Ok(Verdict::Delivered),
+            Err(WorkflowInteractionError::NotFound(status)) => Ok(Verdict::Undeliverable(format!(
+                "workflow not found or closed: {}",
+                status.message()
+            ))),
+            Err(e) => Err(ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "Temporal did not accept the callback signal",
+            )
+            .with_provider("temporal", None)
+            .with_root_cause(e)),
+        }
+    }
+
+    /// Sends one heartbeat to each target that asked for them. A failed heartbeat is not
+    /// retried (the next one is due soon); a target that says it never will is reported.
+    async fn heartbeat(&self, input: &HeartbeatInput) -> HeartbeatOutcome {
+        let mut outcome = HeartbeatOutcome::default();
+        for target in &input.targets {
+            match self.callbacks.heartbeat(target).await {
+                Ok(Verdict::Delivered) => outcome.sent += 1,
+                Ok(Verdict::Undeliverable(reason)) => {
+                    tracing::warn!(target = %target.describe(), %reason, "The target takes no more heartbeats.");
+                    outcome.finished.push(target.clone());
+                }
+                Err(e) => e.log("Sending a heartbeat"),
             }
         }
+        outcome
     }
 }
 
@@ -810,6 +951,11 @@ mod definitions {
                     .await
                     .map_err(|e| fail(e, "Reading the execution"))?;
                 attempt.about_status(&status);
+                status.callbacks = self
+                    .store
+                    .list_deliveries(&id)
+                    .await
+                    .map_err(|e| fail(store_err(e), "Reading the execution's callbacks"))?;
                 if include_attempts {
                     let mut attempts = self
                         .store
@@ -928,6 +1074,48 @@ mod definitions {
                 }
                 .instrument(span)
                 .await
+            })
+            .await
+        }
+
+        /// Internal (tracker, `TenantComputeWorkflow`): tells the targets that asked for
+        /// heartbeats (Step Functions' `HeartbeatSeconds`) that the execution still runs.
+        #[activity(name = names::HEARTBEAT_CALLBACKS_ACTIVITY)]
+        pub async fn heartbeat_compute_callbacks(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            input: HeartbeatInput,
+        ) -> Result<HeartbeatOutcome, ActivityError> {
+            self.audited(&ctx, async |attempt| {
+                attempt.about_tenant(&input.tenant_id, Some(input.operation.as_str()));
+                if !input.execution_id.is_empty() {
+                    attempt.about_execution(&input.execution_id);
+                }
+                let span = op_span(input.operation.as_str(), &input.tenant_id);
+                span.record("execution_id", input.execution_id.as_str());
+                Ok(self.heartbeat(&input).instrument(span).await)
+            })
+            .await
+        }
+
+        /// Internal (`TenantComputeWorkflow`): validates a request's `callback` (its shape
+        /// and, for Restate, that the ingress is configured here) before the operation
+        /// starts; `null` when the request has none.
+        #[activity(name = names::CHECK_CALLBACK_ACTIVITY)]
+        pub async fn check_compute_callback(
+            self: Arc<Self>,
+            ctx: ActivityContext,
+            request: Value,
+        ) -> Result<Option<CallbackTarget>, ActivityError> {
+            self.audited(&ctx, async |_attempt| {
+                let target = validate::callback_of(&request)
+                    .map_err(|e| fail(e, "Validating the callback"))?;
+                if let Some(t) = &target {
+                    self.callbacks
+                        .check_target(t)
+                        .map_err(|e| fail(e, "Validating the callback"))?;
+                }
+                Ok(target)
             })
             .await
         }

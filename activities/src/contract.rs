@@ -272,15 +272,54 @@ pub struct Metadata {
 pub enum CallbackTarget {
     /// Signal a Temporal workflow (the default: the workflow that called the activity).
     Temporal(TemporalCallback),
+    /// Complete a Step Functions task token (`SendTaskSuccess` / `SendTaskFailure`).
+    StepFunctions(StepFunctionsCallback),
+    /// Resolve or reject a Restate awakeable through a Restate ingress.
+    Restate(RestateCallback),
 }
 
 impl CallbackTarget {
-    /// A short, log-safe description of the target.
+    /// A short, log-safe description of the target. A task token is a bearer credential
+    /// (whoever holds it can complete the task), so only a digest of it is shown.
     pub fn describe(&self) -> String {
         match self {
             CallbackTarget::Temporal(t) => format!("temporal:{}", t.workflow_id),
+            CallbackTarget::StepFunctions(t) => {
+                format!("stepFunctions:token-{}", token_digest(&t.task_token))
+            }
+            CallbackTarget::Restate(t) => format!("restate:{}", t.awakeable_id),
         }
     }
+
+    /// The target's kind: `temporal`, `stepFunctions` or `restate`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallbackTarget::Temporal(_) => "temporal",
+            CallbackTarget::StepFunctions(_) => "stepFunctions",
+            CallbackTarget::Restate(_) => "restate",
+        }
+    }
+
+    /// How often the target wants to hear that the execution is still running, if at all.
+    pub fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        match self {
+            CallbackTarget::StepFunctions(StepFunctionsCallback {
+                heartbeat_seconds: Some(s),
+                ..
+            }) => Some(std::time::Duration::from_secs(u64::from(*s))),
+            _ => None,
+        }
+    }
+}
+
+/// The first 12 hex digits of the SHA-256 of a token: enough to tell tokens apart in logs.
+pub fn token_digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A Temporal workflow to signal.
@@ -295,6 +334,101 @@ pub struct TemporalCallback {
     /// The namespace; the worker's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+/// A Step Functions task waiting for its token (`.waitForTaskToken`).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepFunctionsCallback {
+    /// The task token (`$$.Task.Token`).
+    pub task_token: String,
+    /// The task state's `HeartbeatSeconds`: the worker sends `SendTaskHeartbeat` well within
+    /// it while the execution runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_seconds: Option<u32>,
+}
+
+impl std::fmt::Debug for StepFunctionsCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepFunctionsCallback")
+            .field(
+                "task_token",
+                &format_args!("token-{}", token_digest(&self.task_token)),
+            )
+            .field("heartbeat_seconds", &self.heartbeat_seconds)
+            .finish()
+    }
+}
+
+/// A Restate awakeable waiting in a handler.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestateCallback {
+    /// The awakeable's id (`ctx.awakeable().id`).
+    pub awakeable_id: String,
+    /// The ingress to complete it through: one of the worker's configured ingress URLs (the
+    /// first when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_url: Option<String>,
+}
+
+/// Where a callback delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not accepted yet: being retried.
+    Pending,
+    /// The target accepted it.
+    Delivered,
+    /// The target said it never will (closed workflow, used or invalid token, malformed id).
+    Undeliverable,
+}
+
+impl DeliveryState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Undeliverable => "undeliverable",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryState::Pending),
+            "delivered" => Some(DeliveryState::Delivered),
+            "undeliverable" => Some(DeliveryState::Undeliverable),
+            _ => None,
+        }
+    }
+}
+
+/// One callback of an execution to one target, with every attempt counted (in
+/// `ExecutionStatus.callbacks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackDelivery {
+    /// The target, log-safe ([`CallbackTarget::describe`]).
+    pub target: String,
+    /// `temporal`, `stepFunctions` or `restate`.
+    pub kind: String,
+    /// The execution state reported.
+    pub state: ExecutionState,
+    /// The callback's sequence number.
+    pub sequence: u32,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Where it stands.
+    pub outcome: DeliveryState,
+    /// The last attempt's error while pending, or why it is undeliverable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the first attempt was made.
+    pub first_attempt_at: DateTime<Utc>,
+    /// When the last attempt was made.
+    pub last_attempt_at: DateTime<Utc>,
 }
 
 /// Input of `ProvisionTenantCompute` and `UpdateTenantCompute`.
@@ -457,6 +591,10 @@ pub struct ExecutionStatus {
     /// everywhere else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
+    /// Every callback delivery of this execution (one per target and reported state), with
+    /// its attempts and outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callbacks: Vec<CallbackDelivery>,
 }
 
 /// How one activity attempt ended: `ok`, or the code it failed with.

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod activities;
+pub mod callback;
 pub mod contract;
 pub mod error;
 pub mod faults;

@@ -23,6 +23,11 @@ pub const WATCH_EXECUTION_ACTIVITY: &str = "WatchComputeExecution";
 pub const MARK_TIMED_OUT_ACTIVITY: &str = "MarkComputeExecutionTimedOut";
 /// Internal activity of the tracker: deliver one callback to one target.
 pub const DELIVER_CALLBACK_ACTIVITY: &str = "DeliverComputeCallback";
+/// Internal activity of the tracker and `TenantComputeWorkflow`: heartbeat the callback
+/// targets that asked for it (Step Functions `SendTaskHeartbeat`).
+pub const HEARTBEAT_CALLBACKS_ACTIVITY: &str = "HeartbeatComputeCallbacks";
+/// Internal activity of `TenantComputeWorkflow`: validate the request's callback target.
+pub const CHECK_CALLBACK_ACTIVITY: &str = "CheckComputeCallback";
 /// Internal activity of `TenantComputeWorkflow`: mark a tenant for manual intervention.
 pub const MARK_TENANT_INTERVENTION_ACTIVITY: &str = "MarkTenantRequiresIntervention";
 

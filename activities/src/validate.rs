@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     contract::{
-        CallbackTarget, ComputeRequest, ComputeSpec, DeleteRequest, Metadata, SecretKeyRef,
-        SecretRef, TemporalCallback,
+        CallbackTarget, ComputeRequest, ComputeSpec, DeleteRequest, Metadata, RestateCallback,
+        SecretKeyRef, SecretRef, StepFunctionsCallback, TemporalCallback,
     },
     error::{ComputeError, Result},
 };
@@ -328,15 +328,75 @@ fn callback(obj: &Obj<'_>) -> Result<Option<CallbackTarget>> {
                 namespace: t.string("namespace")?.map(str::to_string),
             })))
         }
-        "stepFunctions" | "restate" => Err(invalid(
-            &format!("callback.{}", kinds[0]),
-            "is not supported by this worker yet; use \"temporal\"",
-        )),
+        "stepFunctions" => {
+            let t = cb
+                .object("stepFunctions")?
+                .ok_or_else(|| invalid("callback.stepFunctions", "must be an object"))?;
+            let token = t.required_string("taskToken")?;
+            // Step Functions' own bounds; a token is opaque, but never holds whitespace or
+            // control characters.
+            if token.is_empty()
+                || token.len() > crate::callback::MAX_TASK_TOKEN_LEN
+                || !token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "callback.stepFunctions.taskToken",
+                    &format!(
+                        "must be 1 to {} printable ASCII characters without spaces",
+                        crate::callback::MAX_TASK_TOKEN_LEN
+                    ),
+                ));
+            }
+            // A day at most: a longer heartbeat interval guards nothing.
+            let heartbeat_seconds = t.unsigned("heartbeatSeconds", 1, 86_400)?.map(|s| s as u32);
+            Ok(Some(CallbackTarget::StepFunctions(StepFunctionsCallback {
+                task_token: token.to_string(),
+                heartbeat_seconds,
+            })))
+        }
+        "restate" => {
+            let r = cb
+                .object("restate")?
+                .ok_or_else(|| invalid("callback.restate", "must be an object"))?;
+            let id = r.required_string("awakeableId")?;
+            // Restate's ids are `sign_1` / `prom_1` followed by base64url: they go into the
+            // ingress URL's path as they are, so nothing else may pass.
+            if id.is_empty()
+                || id.len() > 512
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(
+                    "callback.restate.awakeableId",
+                    "must be 1 to 512 characters of A-Z, a-z, 0-9, '_' and '-'",
+                ));
+            }
+            let ingress_url = r.string("ingressUrl")?;
+            if let Some(u) = ingress_url
+                && (u.is_empty() || u.len() > 2000)
+            {
+                return Err(invalid(
+                    "callback.restate.ingressUrl",
+                    "must be 1 to 2000 characters",
+                ));
+            }
+            Ok(Some(CallbackTarget::Restate(RestateCallback {
+                awakeable_id: id.to_string(),
+                ingress_url: ingress_url.map(str::to_string),
+            })))
+        }
         _ => Err(invalid(
             "callback",
             "must have exactly one of \"temporal\", \"stepFunctions\", \"restate\"",
         )),
     }
+}
+
+/// Validates a request's `callback` field on its own (`TenantComputeWorkflow` reads it
+/// before the operation starts): `None` when absent.
+pub fn callback_of(request: &Value) -> Result<Option<CallbackTarget>> {
+    callback(&Obj::root(request)?)
 }
 
 fn secrets(spec: &Obj<'_>) -> Result<Vec<SecretRef>> {
@@ -701,6 +761,34 @@ mod tests {
             (
                 json!({"tenantId": "a", "spec": {}, "idempotencyKey": ""}),
                 "idempotencyKey",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"stepFunctions": {}}}),
+                "callback.stepFunctions.taskToken",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"stepFunctions": {"taskToken": "a b"}}}),
+                "callback.stepFunctions.taskToken",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"stepFunctions": {"taskToken": "x".repeat(2049)}}}),
+                "callback.stepFunctions.taskToken",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"stepFunctions": {"taskToken": "t", "heartbeatSeconds": 0}}}),
+                "callback.stepFunctions.heartbeatSeconds",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"restate": {"awakeableId": "../admin"}}}),
+                "callback.restate.awakeableId",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"restate": {"awakeableId": "sign_1a", "ingressUrl": 5}}}),
+                "callback.restate.ingressUrl",
+            ),
+            (
+                json!({"tenantId": "a", "spec": {}, "callback": {"restate": {}, "temporal": {}}}),
+                "callback",
             ),
         ];
         for (input, field) in cases {

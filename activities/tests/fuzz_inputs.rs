@@ -938,6 +938,18 @@ impl ExecutionStore for RecordingStore {
     async fn list_attempts(&self, execution_id: &str) -> store::Result<Vec<AttemptRecord>> {
         self.inner.list_attempts(execution_id).await
     }
+
+    async fn record_delivery(&self, attempt: store::DeliveryAttempt) -> store::Result<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.record_delivery(attempt).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        execution_id: &str,
+    ) -> store::Result<Vec<compute_activities::contract::CallbackDelivery>> {
+        self.inner.list_deliveries(execution_id).await
+    }
 }
 
 /// Everything the activities log, at TRACE, on the test's thread.

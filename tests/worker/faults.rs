@@ -292,8 +292,11 @@ async fn twenty_concurrent_provisions_of_one_tenant_make_one_resource_set() {
     let delivered = sent.iter().filter(|c| c["delivered"] == true).count();
     assert_eq!(delivered, callbacks, "{tracker_view}");
     for c in sent.iter().filter(|c| c["delivered"] != true) {
-        let target = c["target"]["temporal"]["workflowId"].as_str().unwrap();
-        assert!(late.iter().any(|l| l == target), "{tracker_view}");
+        let target = c["target"].as_str().unwrap();
+        assert!(
+            late.iter().any(|l| target == format!("temporal:{l}")),
+            "{tracker_view}"
+        );
     }
     let undeliverable = sent.len() - delivered;
     let late = late.len();

@@ -35,7 +35,7 @@ pub fn temporal_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,7 +44,7 @@ fn free_port() -> u16 {
 }
 
 /// Makes a child die with the test process, so no server outlives the test run.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     #[allow(unsafe_code)]
@@ -814,7 +814,7 @@ pub fn moto_server() -> MotoServer {
 }
 
 /// A fake SigV4 header: moto does not check signatures but routes by the credential scope.
-fn aws_authorization(service: &str) -> String {
+pub(crate) fn aws_authorization(service: &str) -> String {
     format!(
         "AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/{service}/aws4_request, \
          SignedHeaders=host, Signature=0"
@@ -860,7 +860,7 @@ impl MotoServer {
     }
 
     /// A JSON-protocol call (SSM, ...): the JSON answer.
-    fn json_call(&self, service: &str, target: &str, input: &Value) -> Value {
+    pub(crate) fn json_call(&self, service: &str, target: &str, input: &Value) -> Value {
         let auth = aws_authorization(service);
         let (status, body) = http(
             &self.endpoint,
@@ -1108,7 +1108,7 @@ pub fn worker_log_tail(text: &str, lines: usize) -> String {
 }
 
 /// Runs the Python caller (tests/python/call_activities.py) against the shared server.
-fn run_python_caller(task_queue: &str, calls: &Value) -> Vec<Value> {
+pub(crate) fn run_python_caller(task_queue: &str, calls: &Value) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/call_activities.py");
     let out = Command::new("python3")
         .arg(script)

@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 mod audit;
+mod callbacks;
 mod deploy;
 mod ecs;
 mod faults;

@@ -9,6 +9,7 @@
 // ComputeError is the one error type crossing into Temporal; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod callbacks;
 pub mod policy;
 pub mod tenant;
 pub mod tracker;

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use compute_activities::{
     ComputeActivities, ComputeError, ErrorCode,
-    activities::{InterventionInput, TENANT_ID_KEY},
-    contract::{ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus, Operation},
+    activities::{DeliverInput, HeartbeatInput, InterventionInput, TENANT_ID_KEY},
+    contract::{
+        CallbackTarget, ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus,
+        Operation,
+    },
     names, validate,
 };
 use serde::{Deserialize, Serialize};
@@ -22,6 +25,7 @@ use temporalio_sdk::{
 };
 
 use crate::{
+    callbacks::with_heartbeats,
     compute_error_of,
     policy::{OnError, Policy, TenantComputeInput, parse_input},
     terminate,
@@ -58,6 +62,15 @@ pub struct TenantComputeView {
     /// The error that ended it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ComputeError>,
+    /// The request's own `callback`, told once, when the workflow ends (log-safe form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_target: Option<String>,
+    /// How that final callback went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_delivery: Option<crate::tracker::DeliveryRecord>,
+    /// Heartbeats the callback target took while the workflow ran.
+    #[serde(default)]
+    pub heartbeats_sent: u32,
 }
 
 /// The ready-made caller workflow.
@@ -65,6 +78,9 @@ pub struct TenantComputeView {
 pub struct TenantComputeWorkflow {
     raw_input: Value,
     view: TenantComputeView,
+    /// The request's `callback`, taken out of the request (see `run`).
+    target: Option<CallbackTarget>,
+    heartbeat_finished: bool,
 }
 
 fn start_options(policy: &Policy) -> ActivityOptions {
@@ -112,12 +128,142 @@ impl TenantComputeWorkflow {
                 attempt: 1,
                 ..Default::default()
             },
+            target: None,
+            heartbeat_finished: false,
         }
     }
 
     /// Runs the operation to its end under the declared policy.
+    ///
+    /// A `callback` in the request (a Step Functions task token, a Restate awakeable, or
+    /// another Temporal workflow) is the caller of this workflow, not of one attempt: it is
+    /// taken out of the request (so each attempt's callbacks come here), heartbeated while
+    /// the workflow runs if it asked, and told once, the final outcome, when it ends.
     #[run(name = names::TENANT_COMPUTE_WORKFLOW)]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
+        let ctx = &*ctx;
+        let request = ctx.state(|s| s.raw_input.get("request").cloned());
+        if let Some(request) = request.filter(|r| r.get("callback").is_some()) {
+            let target = ctx
+                .execute_activity(
+                    ComputeActivities::check_compute_callback,
+                    request,
+                    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).build(),
+                )
+                .await
+                .map_err(|e| Self::finish_failed(ctx, compute_error_of(&e)))?;
+            ctx.state_mut(|s| {
+                if let Some(r) = s
+                    .raw_input
+                    .get_mut("request")
+                    .and_then(Value::as_object_mut)
+                {
+                    r.remove("callback");
+                }
+                s.view.callback_target = target.as_ref().map(CallbackTarget::describe);
+                s.target = target;
+            });
+        }
+        // Heartbeats go on until the caller has been told (its completion may be retried).
+        with_heartbeats(
+            ctx,
+            Self::heartbeat_subject,
+            |s, outcome| {
+                s.view.heartbeats_sent += outcome.sent;
+                s.heartbeat_finished |= !outcome.finished.is_empty();
+            },
+            async {
+                let result = Self::run_policy(ctx).await;
+                Self::tell_caller(ctx, &result).await;
+                result
+            },
+        )
+        .await
+    }
+
+    fn heartbeat_subject(&self) -> Option<HeartbeatInput> {
+        let target = self.target.clone()?;
+        (!self.heartbeat_finished).then(|| HeartbeatInput {
+            execution_id: self.view.execution_id.clone().unwrap_or_default(),
+            tenant_id: self.view.tenant_id.clone().unwrap_or_default(),
+            operation: self.view.operation.unwrap_or(Operation::Provision),
+            targets: vec![target],
+        })
+    }
+
+    /// Delivers the final outcome to the request's own callback target, if any: retried
+    /// until the target accepts it or says it never will.
+    async fn tell_caller(ctx: &WorkflowContext<Self>, result: &WorkflowResult<ExecutionStatus>) {
+        let Some(target) = ctx.state(|s| s.target.clone()) else {
+            return;
+        };
+        let view = ctx.state(|s| s.view.clone());
+        let callback = match (result, view.last_status) {
+            (Ok(status), _) => ComputeCallback::from_status(status, 1),
+            (Err(_), last) => {
+                let error = view.error.clone().unwrap_or_else(|| {
+                    ComputeError::internal("TenantComputeWorkflow ended without a result")
+                });
+                match last {
+                    Some(last) => {
+                        let mut cb = ComputeCallback::from_status(&last, 1);
+                        cb.state = match last.state {
+                            ExecutionState::TimedOut | ExecutionState::Cancelled => last.state,
+                            _ => ExecutionState::Failed,
+                        };
+                        cb.error = Some(error);
+                        cb
+                    }
+                    None => {
+                        let at = ctx
+                            .workflow_time()
+                            .map(chrono::DateTime::<chrono::Utc>::from)
+                            .unwrap_or_default();
+                        ComputeCallback {
+                            execution_id: view.execution_id.clone().unwrap_or_default(),
+                            tenant_id: view.tenant_id.clone().unwrap_or_default(),
+                            operation: view.operation.unwrap_or(Operation::Provision),
+                            state: ExecutionState::Failed,
+                            resource_ids: Default::default(),
+                            error: Some(error),
+                            started_at: at,
+                            finished_at: at,
+                            duration_ms: 0,
+                            sequence: 1,
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = ctx
+            .execute_activity(
+                ComputeActivities::deliver_compute_callback,
+                DeliverInput {
+                    target: target.clone(),
+                    callback: callback.clone(),
+                },
+                crate::tracker::persistent_options(),
+            )
+            .await;
+        let (delivered, undeliverable_reason, attempts) = match outcome {
+            Ok(o) => (o.delivered, o.undeliverable_reason, o.attempts),
+            Err(e) => (false, Some(compute_error_of(&e).message), 0),
+        };
+        ctx.state_mut(|s| {
+            s.view.callback_delivery = Some(crate::tracker::DeliveryRecord {
+                target: target.describe(),
+                target_key: Some(target),
+                state: callback.state,
+                sequence: 1,
+                delivered,
+                undeliverable_reason,
+                attempts,
+            })
+        });
+    }
+
+    /// The operation under its policy, to the end.
+    async fn run_policy(ctx: &WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
         let raw = ctx.state(|s| s.raw_input.clone());
         let input = match parse_input(&raw) {
             Ok(i) => i,

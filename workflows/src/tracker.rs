@@ -13,7 +13,8 @@ use std::{pin::pin, time::Duration};
 use compute_activities::{
     ComputeActivities,
     activities::{
-        AttachCallback, DeliverInput, DeliveryOutcome, TENANT_ID_KEY, TrackerInput, WatchInput,
+        AttachCallback, DeliverInput, DeliveryOutcome, HeartbeatInput, TENANT_ID_KEY, TrackerInput,
+        WatchInput,
     },
     contract::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus},
     names,
@@ -26,14 +27,17 @@ use temporalio_sdk::{
     WorkflowResult,
 };
 
-use crate::{compute_error_of, terminate};
+use crate::{callbacks::with_heartbeats, compute_error_of, terminate};
 
 /// One delivery the tracker made (or gave up on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryRecord {
-    /// Where.
-    pub target: CallbackTarget,
+    /// Where, log-safe ([`CallbackTarget::describe`]: a task token shows only as a digest).
+    pub target: String,
+    /// The target itself (workflow state only: never in a query's answer).
+    #[serde(skip)]
+    pub target_key: Option<CallbackTarget>,
     /// Which state was reported.
     pub state: ExecutionState,
     /// The callback's sequence number.
@@ -43,6 +47,9 @@ pub struct DeliveryRecord {
     /// Why not, when it never will be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undeliverable_reason: Option<String>,
+    /// The attempts it took.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// What the tracker's `status` query answers: the execution's status and the deliveries.
@@ -54,10 +61,13 @@ pub struct TrackerView {
     /// The latest status the tracker has (absent until its first read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<ExecutionStatus>,
-    /// Every caller attached.
-    pub targets: Vec<CallbackTarget>,
+    /// Every caller attached (log-safe).
+    pub targets: Vec<String>,
     /// Every delivery.
     pub callbacks: Vec<DeliveryRecord>,
+    /// Heartbeats the targets took (Step Functions `SendTaskHeartbeat`).
+    #[serde(default)]
+    pub heartbeats_sent: u32,
 }
 
 /// The tracker workflow.
@@ -67,6 +77,9 @@ pub struct ComputeExecutionTracker {
     targets: Vec<CallbackTarget>,
     status: Option<ExecutionStatus>,
     deliveries: Vec<DeliveryRecord>,
+    heartbeats_sent: u32,
+    /// Targets that take no more heartbeats (their token was used or expired).
+    heartbeat_finished: Vec<CallbackTarget>,
 }
 
 /// Retried until it succeeds (bounded backoff, no attempt limit): losing a completion is
@@ -86,7 +99,7 @@ fn watch_options() -> ActivityOptions {
 }
 
 /// Short activities (reads, the timeout mark, deliveries).
-fn persistent_options() -> ActivityOptions {
+pub(crate) fn persistent_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
         .retry_policy(unlimited_retries())
         .build()
@@ -102,12 +115,59 @@ impl ComputeExecutionTracker {
             targets: Vec::new(),
             status: None,
             deliveries: Vec::new(),
+            heartbeats_sent: 0,
+            heartbeat_finished: Vec::new(),
         }
     }
 
-    /// Watches the execution to its end and delivers every callback.
+    /// Watches the execution to its end and delivers every callback; meanwhile heartbeats
+    /// the targets that asked for it.
     #[run(name = names::TRACKER_WORKFLOW)]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
+        let ctx = &*ctx;
+        // Heartbeats go on while a completion is being retried: a Step Functions task with
+        // `HeartbeatSeconds` would time out while its target is briefly down.
+        with_heartbeats(
+            ctx,
+            Self::heartbeat_subject,
+            |s, outcome| {
+                s.heartbeats_sent += outcome.sent;
+                s.heartbeat_finished.extend(outcome.finished);
+            },
+            async {
+                let status = Self::watch_to_end(ctx).await?;
+                Self::deliver_all(ctx, &status).await;
+                Ok(status)
+            },
+        )
+        .await
+    }
+
+    /// The targets to heartbeat: those that asked and have not been told anything yet.
+    fn heartbeat_subject(&self) -> Option<HeartbeatInput> {
+        let targets: Vec<CallbackTarget> = self
+            .targets
+            .iter()
+            .filter(|t| {
+                t.heartbeat_interval().is_some()
+                    && !self.heartbeat_finished.contains(t)
+                    && !self
+                        .deliveries
+                        .iter()
+                        .any(|d| d.target_key.as_ref() == Some(*t))
+            })
+            .cloned()
+            .collect();
+        (!targets.is_empty()).then(|| HeartbeatInput {
+            execution_id: self.input.execution_id.clone(),
+            tenant_id: self.input.tenant_id.clone(),
+            operation: self.input.operation,
+            targets,
+        })
+    }
+
+    /// Watches the execution until it is final, reporting the timeout when it passes.
+    async fn watch_to_end(ctx: &WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
         let input = ctx.state(|s| s.input.clone());
         ctx.upsert_search_attributes([TENANT_ID_KEY.value_set(input.tenant_id.clone())]);
         let first = ctx
@@ -167,12 +227,11 @@ impl ComputeExecutionTracker {
         if timer_live {
             timer.cancel();
         }
-        Self::deliver_all(ctx, &status).await;
         Ok(status)
     }
 
-    /// Delivers `status` to every target that has not had it, including targets that attach
-    /// while this runs.
+    /// Delivers `status` to every target that has not had it, all at once (a target that is
+    /// down does not hold up the others), including targets that attach while this runs.
     async fn deliver_all(ctx: &WorkflowContext<Self>, status: &ExecutionStatus) {
         loop {
             let pending = ctx.state(|s| {
@@ -181,14 +240,14 @@ impl ComputeExecutionTracker {
                     .filter(|t| {
                         !s.deliveries
                             .iter()
-                            .any(|d| &d.target == *t && d.state == status.state)
+                            .any(|d| d.target_key.as_ref() == Some(*t) && d.state == status.state)
                     })
                     .cloned()
                     .collect::<Vec<_>>()
             });
-            let Some(target) = pending.into_iter().next() else {
+            if pending.is_empty() {
                 return;
-            };
+            }
             let sequence = ctx.state(|s| {
                 let mut states: Vec<ExecutionState> =
                     s.deliveries.iter().map(|d| d.state).collect();
@@ -199,28 +258,34 @@ impl ComputeExecutionTracker {
                 }
             });
             let callback = ComputeCallback::from_status(status, sequence);
-            let outcome = ctx
-                .execute_activity(
+            let sends = pending.iter().map(|target| {
+                ctx.execute_activity(
                     ComputeActivities::deliver_compute_callback,
                     DeliverInput {
                         target: target.clone(),
-                        callback,
+                        callback: callback.clone(),
                     },
                     persistent_options(),
                 )
-                .await
-                .unwrap_or_else(|e| DeliveryOutcome {
-                    delivered: false,
-                    undeliverable_reason: Some(compute_error_of(&e).message),
-                });
+            });
+            let outcomes = temporalio_sdk::workflows::join_all(sends).await;
             ctx.state_mut(|s| {
-                s.deliveries.push(DeliveryRecord {
-                    target,
-                    state: status.state,
-                    sequence,
-                    delivered: outcome.delivered,
-                    undeliverable_reason: outcome.undeliverable_reason,
-                })
+                for (target, outcome) in pending.into_iter().zip(outcomes) {
+                    let outcome = outcome.unwrap_or_else(|e| DeliveryOutcome {
+                        delivered: false,
+                        undeliverable_reason: Some(compute_error_of(&e).message),
+                        attempts: 0,
+                    });
+                    s.deliveries.push(DeliveryRecord {
+                        target: target.describe(),
+                        target_key: Some(target),
+                        state: status.state,
+                        sequence,
+                        delivered: outcome.delivered,
+                        undeliverable_reason: outcome.undeliverable_reason,
+                        attempts: outcome.attempts,
+                    });
+                }
             });
         }
     }
@@ -245,8 +310,9 @@ impl ComputeExecutionTracker {
         TrackerView {
             execution_id: self.input.execution_id.clone(),
             status: self.status.clone(),
-            targets: self.targets.clone(),
+            targets: self.targets.iter().map(CallbackTarget::describe).collect(),
             callbacks: self.deliveries.clone(),
+            heartbeats_sent: self.heartbeats_sent,
         }
     }
 }

@@ -7,11 +7,11 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::json;
 
-use super::{ExecutionStore, NewExecution, Transition, spec_hash};
+use super::{DeliveryAttempt, ExecutionStore, NewExecution, Transition, spec_hash};
 use crate::{
     contract::{
-        AttemptOutcome, AttemptRecord, ComputeSpec, ExecutionState, Operation, Progress,
-        ResourceIds, TenantState, now,
+        AttemptOutcome, AttemptRecord, ComputeSpec, DeliveryState, ExecutionState, Operation,
+        Progress, ResourceIds, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
 };
@@ -41,6 +41,7 @@ pub async fn run_all(store: &dyn ExecutionStore) {
     listing_is_chronological(store).await;
     documents_round_trip(store).await;
     attempts_round_trip(store).await;
+    deliveries_count_attempts(store).await;
 }
 
 async fn begin_is_idempotent(store: &dyn ExecutionStore) {
@@ -807,4 +808,64 @@ async fn concurrent_attempts(a: &dyn ExecutionStore, b: &dyn ExecutionStore) {
         .map(|r| r.attempt)
         .collect();
     assert_eq!(numbers, (1..=20).collect());
+}
+
+fn delivery(
+    target: &str,
+    state: ExecutionState,
+    outcome: DeliveryState,
+    ms: i64,
+) -> DeliveryAttempt {
+    DeliveryAttempt {
+        execution_id: "deliveries-1".into(),
+        target: target.into(),
+        kind: target.split(':').next().unwrap().into(),
+        state,
+        sequence: 1,
+        outcome,
+        error: (outcome != DeliveryState::Delivered).then(|| format!("attempt at {ms}")),
+        at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap(),
+    }
+}
+
+/// Attempts of one delivery add up on one row; `delivered` is never undone; targets and
+/// states are separate deliveries, listed in the order they were first tried.
+async fn deliveries_count_attempts(store: &dyn ExecutionStore) {
+    use DeliveryState::{Delivered, Pending, Undeliverable};
+    use ExecutionState::{Succeeded, TimedOut};
+    let sfn = "stepFunctions:token-0123456789ab";
+    for a in [
+        delivery(sfn, Succeeded, Pending, 0),
+        delivery("restate:sign_1abc", Succeeded, Pending, 5),
+        delivery(sfn, Succeeded, Pending, 10),
+        delivery(sfn, Succeeded, Delivered, 20),
+        // A retried attempt after the recorded success (its activity completion was lost).
+        delivery(sfn, Succeeded, Pending, 30),
+        delivery("restate:sign_1abc", Succeeded, Undeliverable, 40),
+        delivery(sfn, TimedOut, Delivered, -5),
+    ] {
+        store.record_delivery(a).await.unwrap();
+    }
+    let listed = store.list_deliveries("deliveries-1").await.unwrap();
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|d| (d.target.as_str(), d.state, d.attempts, d.outcome))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (sfn, TimedOut, 1, Delivered),
+            (sfn, Succeeded, 4, Delivered),
+            ("restate:sign_1abc", Succeeded, 2, Undeliverable),
+        ]
+    );
+    let sfn_done = &listed[1];
+    assert_eq!(sfn_done.kind, "stepFunctions");
+    assert_eq!(sfn_done.last_error, None, "a success clears the error");
+    assert_eq!(
+        (sfn_done.last_attempt_at - sfn_done.first_attempt_at).num_milliseconds(),
+        30
+    );
+    assert_eq!(listed[2].last_error.as_deref(), Some("attempt at 40"));
+    assert!(store.list_deliveries("nobody").await.unwrap().is_empty());
 }

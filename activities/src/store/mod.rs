@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     contract::{
-        AttemptRecord, ComputeSpec, ExecutionState, ExecutionStatus, Operation, Progress,
-        ResourceIds, TenantState,
+        AttemptRecord, CallbackDelivery, ComputeSpec, DeliveryState, ExecutionState,
+        ExecutionStatus, Operation, Progress, ResourceIds, TenantState,
     },
     error::{Classification, ComputeError, ErrorCode},
 };
@@ -199,6 +199,71 @@ impl Transition {
     }
 }
 
+/// One attempt to deliver a callback, as [`ExecutionStore::record_delivery`] records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryAttempt {
+    /// The execution the callback reports.
+    pub execution_id: String,
+    /// The target, log-safe (`CallbackTarget::describe`).
+    pub target: String,
+    /// The target's kind.
+    pub kind: String,
+    /// The state reported.
+    pub state: ExecutionState,
+    /// The callback's sequence number.
+    pub sequence: u32,
+    /// What the attempt achieved.
+    pub outcome: DeliveryState,
+    /// The attempt's error, or why the target will never accept it.
+    pub error: Option<String>,
+    /// When the attempt was made.
+    pub at: DateTime<Utc>,
+}
+
+/// Decodes one `callback_deliveries` row from its columns (shared by the backends).
+#[allow(clippy::too_many_arguments)]
+fn decode_delivery(
+    target: String,
+    kind: String,
+    state: &str,
+    sequence: i64,
+    attempts: i64,
+    outcome: &str,
+    last_error: Option<String>,
+    first_attempt_at: DateTime<Utc>,
+    last_attempt_at: DateTime<Utc>,
+) -> Result<CallbackDelivery> {
+    Ok(CallbackDelivery {
+        target,
+        kind,
+        state: ExecutionState::parse(state)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery state {state:?}")))?,
+        sequence: u32::try_from(sequence)
+            .map_err(|e| StoreError::Corrupt(format!("delivery sequence: {e}")))?,
+        attempts: u32::try_from(attempts)
+            .map_err(|e| StoreError::Corrupt(format!("delivery attempts: {e}")))?,
+        outcome: DeliveryState::parse(outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery outcome {outcome:?}")))?,
+        last_error,
+        first_attempt_at,
+        last_attempt_at,
+    })
+}
+
+/// The upsert both backends run for [`ExecutionStore::record_delivery`] (SQLite and Postgres
+/// share the `ON CONFLICT` syntax; only the placeholders differ).
+const RECORD_DELIVERY_SQL: &str = "INSERT INTO callback_deliveries (execution_id, target, kind, \
+     state, sequence, attempts, outcome, last_error, first_attempt_at, last_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8) \
+     ON CONFLICT (execution_id, target, state) DO UPDATE SET \
+       attempts = callback_deliveries.attempts + 1, \
+       sequence = excluded.sequence, \
+       outcome = CASE WHEN callback_deliveries.outcome = 'delivered' THEN 'delivered' \
+                      ELSE excluded.outcome END, \
+       last_error = CASE WHEN callback_deliveries.outcome = 'delivered' \
+                         THEN callback_deliveries.last_error ELSE excluded.last_error END, \
+       last_attempt_at = excluded.last_attempt_at";
+
 /// What [`ExecutionStore::transition`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionOutcome {
@@ -245,6 +310,14 @@ pub trait ExecutionStore: Send + Sync + 'static {
     /// The audit trail of one execution: every recorded attempt of every activity about it,
     /// in the order they started.
     async fn list_attempts(&self, execution_id: &str) -> Result<Vec<AttemptRecord>>;
+
+    /// Counts one attempt to deliver a callback and records its outcome (table
+    /// `callback_deliveries`, one row per execution, target and reported state). A delivery
+    /// once `delivered` stays so.
+    async fn record_delivery(&self, attempt: DeliveryAttempt) -> Result<()>;
+
+    /// Every callback delivery of one execution, in the order they were first tried.
+    async fn list_deliveries(&self, execution_id: &str) -> Result<Vec<CallbackDelivery>>;
 }
 
 /// Opens the store a database URL names and runs its migrations: `sqlite:...` for SQLite,

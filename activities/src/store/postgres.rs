@@ -39,13 +39,13 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, ExecutionRecord, ExecutionStore, NewExecution, Result, StoreError, TenantRecord,
-    Transition, TransitionOutcome, attaches_to_latest, derive_execution_id, tenant_state_after,
-    tenant_state_on_begin,
+    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, Result,
+    StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
+    derive_execution_id, tenant_state_after, tenant_state_on_begin,
 };
 use crate::contract::{
-    AttemptOutcome, AttemptRecord, ExecutionState, ExecutionStatus, HistoryEntry, Operation,
-    TenantState,
+    AttemptOutcome, AttemptRecord, CallbackDelivery, ExecutionState, ExecutionStatus, HistoryEntry,
+    Operation, TenantState,
 };
 
 /// How often an operation that lost a serialization race or a deadlock is tried in all.
@@ -315,6 +315,7 @@ impl PostgresStore {
             duration_ms: finished_at.map(|f| (f - created_at).num_milliseconds().max(0) as u64),
             timeout_ms: col::<i64>(row, "timeout_ms")?.max(0) as u64,
             attempts: Vec::new(),
+            callbacks: Vec::new(),
         };
         Ok(ExecutionRecord {
             status,
@@ -734,6 +735,54 @@ impl ExecutionStore for PostgresStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         rows.iter().map(Self::decode_attempt).collect()
+    }
+    async fn record_delivery(&self, a: DeliveryAttempt) -> Result<()> {
+        // One upsert on one row: the row lock serialises concurrent attempts, no retry needed.
+        let text = |s: &Option<String>| s.as_deref().map(|s| scrub_text(s).into_owned());
+        sqlx::query(
+            &super::RECORD_DELIVERY_SQL.replace("$8, $8)", "$8::timestamptz, $8::timestamptz)"),
+        )
+        .bind(scrub_text(&a.execution_id))
+        .bind(scrub_text(&a.target))
+        .bind(&a.kind)
+        .bind(a.state.as_str())
+        .bind(i32::try_from(a.sequence).unwrap_or(i32::MAX))
+        .bind(a.outcome.as_str())
+        .bind(text(&a.error))
+        .bind(ts(a.at))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, execution_id: &str) -> Result<Vec<CallbackDelivery>> {
+        let rows = sqlx::query(
+            "SELECT target, kind, state, sequence, attempts, outcome, last_error,
+                    (extract(epoch FROM first_attempt_at) * 1000)::bigint AS first_ms,
+                    (extract(epoch FROM last_attempt_at) * 1000)::bigint AS last_ms
+             FROM callback_deliveries WHERE execution_id = $1
+             ORDER BY first_attempt_at, target, state",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                super::decode_delivery(
+                    col(r, "target")?,
+                    col(r, "kind")?,
+                    &col::<String>(r, "state")?,
+                    i64::from(col::<i32>(r, "sequence")?),
+                    i64::from(col::<i32>(r, "attempts")?),
+                    &col::<String>(r, "outcome")?,
+                    col(r, "last_error")?,
+                    from_ms(col(r, "first_ms")?)?,
+                    from_ms(col(r, "last_ms")?)?,
+                )
+            })
+            .collect()
     }
 }
 

@@ -11,13 +11,13 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, ExecutionRecord, ExecutionStore, NewExecution, Result, StoreError, TenantRecord,
-    Transition, TransitionOutcome, attaches_to_latest, derive_execution_id, tenant_state_after,
-    tenant_state_on_begin,
+    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, Result,
+    StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
+    derive_execution_id, tenant_state_after, tenant_state_on_begin,
 };
 use crate::contract::{
-    AttemptOutcome, AttemptRecord, ExecutionState, ExecutionStatus, HistoryEntry, Operation,
-    TenantState, now,
+    AttemptOutcome, AttemptRecord, CallbackDelivery, ExecutionState, ExecutionStatus, HistoryEntry,
+    Operation, TenantState, now,
 };
 
 /// The SQLite store: a file (`sqlite://PATH`) or memory (`sqlite::memory:`).
@@ -162,6 +162,7 @@ impl SqliteStore {
             duration_ms: finished_at.map(|f| (f - created_at).num_milliseconds().max(0) as u64),
             timeout_ms: col::<i64>(row, "timeout_ms")?.max(0) as u64,
             attempts: Vec::new(),
+            callbacks: Vec::new(),
         };
         Ok(ExecutionRecord {
             status,
@@ -540,6 +541,48 @@ impl ExecutionStore for SqliteStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         rows.iter().map(Self::decode_attempt).collect()
+    }
+    async fn record_delivery(&self, a: DeliveryAttempt) -> Result<()> {
+        // SQLite understands `$N` placeholders too, so both backends share the statement.
+        sqlx::query(super::RECORD_DELIVERY_SQL)
+            .bind(&a.execution_id)
+            .bind(&a.target)
+            .bind(&a.kind)
+            .bind(a.state.as_str())
+            .bind(i64::from(a.sequence))
+            .bind(a.outcome.as_str())
+            .bind(&a.error)
+            .bind(ts(a.at))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, execution_id: &str) -> Result<Vec<CallbackDelivery>> {
+        let rows = sqlx::query(
+            "SELECT * FROM callback_deliveries WHERE execution_id = ?
+             ORDER BY first_attempt_at, target, state",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|r| {
+                super::decode_delivery(
+                    col(r, "target")?,
+                    col(r, "kind")?,
+                    &col::<String>(r, "state")?,
+                    col(r, "sequence")?,
+                    col(r, "attempts")?,
+                    &col::<String>(r, "outcome")?,
+                    col(r, "last_error")?,
+                    parse_ts(&col::<String>(r, "first_attempt_at")?)?,
+                    parse_ts(&col::<String>(r, "last_attempt_at")?)?,
+                )
+            })
+            .collect()
     }
 }
 
