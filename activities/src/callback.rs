@@ -303,12 +303,11 @@ pub fn sfn_error_name(code: ErrorCode) -> String {
 
 /// The Restate reject reason: one line, `<CODE>: <message>`.
 pub fn reject_reason(error: &ComputeError) -> String {
-    let line: String = format!("{}: {}", error.code.as_str(), error.message)
+    format!("{}: {}", error.code.as_str(), error.message)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(RESTATE_REASON_LIMIT)
-        .collect();
-    line
+        .collect()
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {
@@ -655,17 +654,12 @@ mod tests {
 
     #[test]
     fn restate_answers_are_mapped() {
-        for (status, retried) in [
-            (200, None),
-            (202, None),
-            (400, Some(false)),
-            (404, Some(false)),
-        ] {
+        for (status, delivered) in [(200, true), (202, true), (400, false), (404, false)] {
             let got = restate_verdict(StatusCode::from_u16(status).unwrap(), "body");
-            match retried {
-                None => assert_eq!(got, Ok(Verdict::Delivered)),
-                Some(false) => assert!(matches!(got, Ok(Verdict::Undeliverable(_))), "{status}"),
-                Some(true) => unreachable!(),
+            if delivered {
+                assert_eq!(got, Ok(Verdict::Delivered));
+            } else {
+                assert!(matches!(got, Ok(Verdict::Undeliverable(_))), "{status}");
             }
         }
         for (status, code) in [

@@ -1,17 +1,52 @@
-//! Heartbeats to callback targets that asked for them, shared by the tracker and
-//! `TenantComputeWorkflow`: a Step Functions task with `HeartbeatSeconds` fails with
-//! `States.Timeout` unless it hears from us in time.
+//! Telling callers, shared by the tracker and `TenantComputeWorkflow`: one delivery to one
+//! target, and heartbeats to targets that asked for them (a Step Functions task with
+//! `HeartbeatSeconds` fails with `States.Timeout` unless it hears from us in time).
 
 use std::{pin::pin, time::Duration};
 
 use compute_activities::{
     ComputeActivities,
-    activities::{HeartbeatInput, HeartbeatOutcome},
-    contract::CallbackTarget,
+    activities::{DeliverInput, HeartbeatInput, HeartbeatOutcome},
+    contract::{CallbackTarget, ComputeCallback},
 };
 use futures::FutureExt;
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::{ActivityOptions, CancellableFuture, WorkflowContext};
+
+use crate::{compute_error_of, tracker::DeliveryRecord};
+
+/// Delivers `callback` to `target` (the activity is retried until the target accepts it or
+/// says it never will) and returns the record of how it went.
+pub async fn deliver<W>(
+    ctx: &WorkflowContext<W>,
+    target: CallbackTarget,
+    callback: ComputeCallback,
+) -> DeliveryRecord {
+    let (state, sequence) = (callback.state, callback.sequence);
+    let outcome = ctx
+        .execute_activity(
+            ComputeActivities::deliver_compute_callback,
+            DeliverInput {
+                target: target.clone(),
+                callback,
+            },
+            crate::tracker::persistent_options(),
+        )
+        .await;
+    let (delivered, undeliverable_reason, attempts) = match outcome {
+        Ok(o) => (o.delivered, o.undeliverable_reason, o.attempts),
+        Err(e) => (false, Some(compute_error_of(&e).message), 0),
+    };
+    DeliveryRecord {
+        target: target.describe(),
+        target_key: Some(target),
+        state,
+        sequence,
+        delivered,
+        undeliverable_reason,
+        attempts,
+    }
+}
 
 /// The least time between two heartbeats.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use compute_activities::{
     ComputeActivities, ComputeError, ErrorCode,
-    activities::{DeliverInput, HeartbeatInput, InterventionInput, TENANT_ID_KEY},
+    activities::{HeartbeatInput, InterventionInput, TENANT_ID_KEY},
     contract::{
         CallbackTarget, ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus,
         Operation,
@@ -25,7 +25,7 @@ use temporalio_sdk::{
 };
 
 use crate::{
-    callbacks::with_heartbeats,
+    callbacks::{deliver, with_heartbeats},
     compute_error_of,
     policy::{OnError, Policy, TenantComputeInput, parse_input},
     terminate,
@@ -235,31 +235,8 @@ impl TenantComputeWorkflow {
                 }
             }
         };
-        let outcome = ctx
-            .execute_activity(
-                ComputeActivities::deliver_compute_callback,
-                DeliverInput {
-                    target: target.clone(),
-                    callback: callback.clone(),
-                },
-                crate::tracker::persistent_options(),
-            )
-            .await;
-        let (delivered, undeliverable_reason, attempts) = match outcome {
-            Ok(o) => (o.delivered, o.undeliverable_reason, o.attempts),
-            Err(e) => (false, Some(compute_error_of(&e).message), 0),
-        };
-        ctx.state_mut(|s| {
-            s.view.callback_delivery = Some(crate::tracker::DeliveryRecord {
-                target: target.describe(),
-                target_key: Some(target),
-                state: callback.state,
-                sequence: 1,
-                delivered,
-                undeliverable_reason,
-                attempts,
-            })
-        });
+        let record = deliver(ctx, target, callback).await;
+        ctx.state_mut(|s| s.view.callback_delivery = Some(record));
     }
 
     /// The operation under its policy, to the end.

@@ -12,10 +12,7 @@ use std::{pin::pin, time::Duration};
 
 use compute_activities::{
     ComputeActivities,
-    activities::{
-        AttachCallback, DeliverInput, DeliveryOutcome, HeartbeatInput, TENANT_ID_KEY, TrackerInput,
-        WatchInput,
-    },
+    activities::{AttachCallback, HeartbeatInput, TENANT_ID_KEY, TrackerInput, WatchInput},
     contract::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus},
     names,
 };
@@ -27,7 +24,10 @@ use temporalio_sdk::{
     WorkflowResult,
 };
 
-use crate::{callbacks::with_heartbeats, compute_error_of, terminate};
+use crate::{
+    callbacks::{deliver, with_heartbeats},
+    compute_error_of, terminate,
+};
 
 /// One delivery the tracker made (or gave up on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,35 +258,11 @@ impl ComputeExecutionTracker {
                 }
             });
             let callback = ComputeCallback::from_status(status, sequence);
-            let sends = pending.iter().map(|target| {
-                ctx.execute_activity(
-                    ComputeActivities::deliver_compute_callback,
-                    DeliverInput {
-                        target: target.clone(),
-                        callback: callback.clone(),
-                    },
-                    persistent_options(),
-                )
-            });
-            let outcomes = temporalio_sdk::workflows::join_all(sends).await;
-            ctx.state_mut(|s| {
-                for (target, outcome) in pending.into_iter().zip(outcomes) {
-                    let outcome = outcome.unwrap_or_else(|e| DeliveryOutcome {
-                        delivered: false,
-                        undeliverable_reason: Some(compute_error_of(&e).message),
-                        attempts: 0,
-                    });
-                    s.deliveries.push(DeliveryRecord {
-                        target: target.describe(),
-                        target_key: Some(target),
-                        state: status.state,
-                        sequence,
-                        delivered: outcome.delivered,
-                        undeliverable_reason: outcome.undeliverable_reason,
-                        attempts: outcome.attempts,
-                    });
-                }
-            });
+            let sends = pending
+                .into_iter()
+                .map(|target| deliver(ctx, target, callback.clone()));
+            let records = temporalio_sdk::workflows::join_all(sends).await;
+            ctx.state_mut(|s| s.deliveries.extend(records));
         }
     }
 
