@@ -41,7 +41,7 @@ use crate::{
         TemporalCallback, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
-    names,
+    input, names,
     provider::{ComputeProvider, CurrentState, Observation, OperationContext},
     store::{
         self, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, StoreError,
@@ -74,6 +74,12 @@ pub struct ActivitySettings {
     pub default_timeout: Duration,
     /// How often a watch reports progress back to its tracker at most.
     pub progress_report_interval: Duration,
+    /// How many history events a tracker run may grow to before it continues as new (0: the
+    /// tracker's default).
+    pub tracker_max_history_events: u32,
+    /// Set when the worker shuts down: in-flight watches end at once with a retriable
+    /// failure, so their trackers resume them on another worker.
+    pub release: ReleaseSignal,
 }
 
 impl Default for ActivitySettings {
@@ -82,7 +88,46 @@ impl Default for ActivitySettings {
             task_queue: names::DEFAULT_TASK_QUEUE.to_string(),
             default_timeout: Duration::from_secs(600),
             progress_report_interval: Duration::from_secs(5),
+            tracker_max_history_events: 0,
+            release: ReleaseSignal::default(),
         }
+    }
+}
+
+/// A one-way switch: once released, stays released, and wakes everyone waiting for it.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseSignal(Arc<ReleaseInner>);
+
+#[derive(Debug, Default)]
+struct ReleaseInner {
+    released: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl ReleaseSignal {
+    /// Releases every current and future waiter.
+    pub fn release(&self) {
+        self.0
+            .released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether [`release`](Self::release) was called.
+    pub fn is_released(&self) -> bool {
+        self.0.released.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once released.
+    pub async fn released(&self) {
+        let notified = self.0.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check, so a release in between is not missed.
+        notified.as_mut().enable();
+        if self.is_released() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -98,6 +143,23 @@ pub struct TrackerInput {
     pub operation: Operation,
     /// When it times out, counted from the tracker's start.
     pub timeout_ms: u64,
+    /// How many history events a run may grow to before it continues as new (0: the
+    /// tracker's default).
+    #[serde(default)]
+    pub max_history_events: u32,
+    /// What an earlier run of the same tracker handed over when it continued as new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried: Option<Value>,
+}
+
+impl TrackerInput {
+    /// Validates a tracker's raw input (anyone who can start a workflow can start one).
+    pub fn from_raw(raw: &RawValue) -> Result<Self, ComputeError> {
+        let input: TrackerInput = input::decode_as(raw, "input")?;
+        validate::check_execution_id("executionId", &input.execution_id)?;
+        validate::check_tenant_id("tenantId", &input.tenant_id)?;
+        Ok(input)
+    }
 }
 
 /// The `attach-callback` signal: one more caller to tell.
@@ -107,6 +169,31 @@ pub struct AttachCallback {
     /// The caller's target; absent for a caller that only polls.
     #[serde(default)]
     pub target: Option<CallbackTarget>,
+}
+
+impl AttachCallback {
+    /// Validates the signal's raw payload: `{"target": <callback target> | null}`. Anyone who
+    /// can signal a workflow in the namespace can send one, so it is checked like a request.
+    pub fn from_raw(raw: &RawValue) -> Result<Self, ComputeError> {
+        let v = input::decode(raw, "signal attach-callback")?;
+        let Value::Object(map) = &v else {
+            return Err(ComputeError::invalid(
+                "signal attach-callback: must be an object {\"target\": ...}",
+            ));
+        };
+        // `target` must be there (null for a caller that only polls): an object without it
+        // is not an attach-callback at all.
+        let target = match map.get("target") {
+            None => {
+                return Err(ComputeError::invalid(
+                    "signal attach-callback: target is required (null for none)",
+                ));
+            }
+            Some(Value::Null) => None,
+            Some(t) => Some(validate::callback_target(t)?),
+        };
+        Ok(AttachCallback { target })
+    }
 }
 
 /// Input of the watch activity.
@@ -179,6 +266,94 @@ pub struct InterventionInput {
     pub execution_id: String,
     /// Why.
     pub reason: String,
+}
+
+/// The most callback targets one request or heartbeat names (one today; a little room).
+const MAX_HEARTBEAT_TARGETS: usize = 100;
+/// The longest reason recorded with a manual-intervention mark.
+const MAX_REASON_CHARS: usize = 2000;
+
+/// A target decoded by serde is re-validated as a request's `callback` would be: serde
+/// checks only the shape, not the bounds.
+fn check_target_shape(target: &CallbackTarget) -> Result<(), ComputeError> {
+    let v = serde_json::to_value(target)
+        .map_err(|_| ComputeError::invalid("target: is not a callback target"))?;
+    validate::callback_target(&v).map(|_| ())
+}
+
+impl WatchInput {
+    /// Validates the watch activity's raw input.
+    pub fn from_raw(raw: &RawValue) -> Result<Self, ComputeError> {
+        let input: WatchInput = input::decode_as(raw, "input")?;
+        validate::check_execution_id("executionId", &input.execution_id)?;
+        Ok(input)
+    }
+}
+
+impl DeliverInput {
+    /// Validates the delivery activity's raw input.
+    pub fn from_raw(raw: &RawValue) -> Result<Self, ComputeError> {
+        let input: DeliverInput = input::decode_as(raw, "input")?;
+        check_target_shape(&input.target)?;
+        let cb = &input.callback;
+        validate::check_execution_id("callback.executionId", &cb.execution_id)?;
+        validate::check_tenant_id("callback.tenantId", &cb.tenant_id)?;
+        Ok(input)
+    }
+}
+
+impl HeartbeatInput {
+    /// Validates the heartbeat activity's raw input (the execution id is empty before
+    /// `TenantComputeWorkflow` has one).
+    pub fn from_raw(raw: &RawValue) -> Result<Self, ComputeError> {
+        let input: HeartbeatInput = input::decode_as(raw, "input")?;
+        if !input.execution_id.is_empty() {
+            validate::check_execution_id("executionId", &input.execution_id)?;
+        }
+        if !input.tenant_id.is_empty() {
+            validate::check_tenant_id("tenantId", &input.tenant_id)?;
+        }
+        if input.targets.len() > MAX_HEARTBEAT_TARGETS {
+            return Err(ComputeError::invalid(format!(
+                "targets: at most {MAX_HEARTBEAT_TARGETS} targets"
+            )));
+        }
+        input.targets.iter().try_for_each(check_target_shape)?;
+        Ok(input)
+    }
+}
+
+impl InterventionInput {
+    /// Validates the intervention activity's raw input.
+    pub fn from_raw(raw: &RawValue) -> Result<Self, ComputeError> {
+        let input: InterventionInput = input::decode_as(raw, "input")?;
+        validate::check_tenant_id("tenantId", &input.tenant_id)?;
+        validate::check_execution_id("executionId", &input.execution_id)?;
+        if input.reason.chars().count() > MAX_REASON_CHARS {
+            return Err(ComputeError::invalid(format!(
+                "reason: at most {MAX_REASON_CHARS} characters"
+            )));
+        }
+        Ok(input)
+    }
+}
+
+/// The request as the store keeps it: a Step Functions task token completes the caller's
+/// task, so only its digest is kept (the tracker holds the token in its own state, from the
+/// `attach-callback` signal).
+fn store_safe_request(request: &Value) -> Value {
+    let mut request = request.clone();
+    if let Some(sfn) = request
+        .pointer_mut("/callback/stepFunctions")
+        .and_then(Value::as_object_mut)
+        && let Some(Value::String(token)) = sfn.remove("taskToken")
+    {
+        sfn.insert(
+            "taskTokenDigest".into(),
+            Value::String(crate::contract::token_digest(&token)),
+        );
+    }
+    request
 }
 
 /// The activities, sharing one store and one provider.
@@ -423,7 +598,7 @@ impl ComputeActivities {
         match operation {
             Operation::Provision | Operation::Update => {
                 let r = validate::compute_request(input)?;
-                self.provider.validate(&r.spec)?;
+                self.provider.validate(&r.tenant_id, &r.spec)?;
                 self.provider.validate_metadata(&r.metadata)?;
                 Ok(StartRequest {
                     validated: to_value(&r),
@@ -456,11 +631,11 @@ impl ComputeActivities {
         ctx: &ActivityContext,
         attempt: &Attempt,
         operation: Operation,
-        input: Value,
+        input: &RawValue,
     ) -> Result<ExecutionHandle, ComputeError> {
         // The refused input is never logged: only the field-naming message is.
-        let req = self
-            .parse_start(operation, &input)
+        let req = input::decode(input, "input")
+            .and_then(|input| self.parse_start(operation, &input))
             .map_err(|e| fail(e, "Validating the request"))?;
         attempt.about_tenant(&req.tenant_id, Some(operation.as_str()));
         let span = op_span(operation.as_str(), &req.tenant_id);
@@ -489,8 +664,9 @@ impl ComputeActivities {
                 idempotency_key: req.idempotency_key.clone(),
                 spec_hash: store::spec_hash(req.spec.as_ref()),
                 spec: req.spec.clone(),
-                request: req.validated.clone(),
+                request: store_safe_request(&req.validated),
                 timeout,
+                provider: Some(self.provider.name().to_string()),
             })
             .await
             .map_err(|e| fail(store_err(e), "Recording the execution"))?;
@@ -595,6 +771,8 @@ impl ComputeActivities {
             tenant_id: s.tenant_id.clone(),
             operation: s.operation,
             timeout_ms: s.timeout_ms,
+            max_history_events: self.settings.tracker_max_history_events,
+            carried: None,
         };
         let options = WorkflowStartOptions::new(
             self.settings.task_queue.clone(),
@@ -647,11 +825,25 @@ impl ComputeActivities {
     ) -> Result<ExecutionStatus, ComputeError> {
         let started = tokio::time::Instant::now();
         let mut last_progress = input.known_progress.clone();
+        let release = self.settings.release.clone();
+        let released = || {
+            // Retriable, so the tracker's retry policy resumes the watch on another worker:
+            // a shutdown must never fail a tracker.
+            ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "the worker is shutting down; the watch resumes on another worker",
+            )
+        };
         loop {
+            if release.is_released() {
+                return Err(released());
+            }
             if ctx.is_cancelled() {
+                // Cancelled by the server (the worker is going away or the tracker is gone):
+                // retriable for the same reason.
                 return Err(ComputeError::new(
-                    ErrorCode::Cancelled,
-                    "the watch was cancelled",
+                    ErrorCode::ProviderTemporarilyUnavailable,
+                    "the watch was cancelled; it resumes on the next attempt",
                 ));
             }
             let record = match self.store.get_execution(&input.execution_id).await {
@@ -678,7 +870,11 @@ impl ComputeActivities {
                 operation: status.operation,
                 metadata: Default::default(),
             };
-            let observation = match self.provider.observe(&op, &status.resource_ids).await {
+            let observed = tokio::select! {
+                o = self.provider.observe(&op, &status.resource_ids) => o,
+                _ = release.released() => return Err(released()),
+            };
+            let observation = match observed {
                 Ok(o) => o,
                 Err(e) if e.retriable => {
                     // A flaky observation is not the operation failing: keep watching; the
@@ -689,8 +885,10 @@ impl ComputeActivities {
                         .await;
                     // At least a short pause: a provider that waits inside `observe` has a
                     // zero interval, and a failing observation must not spin.
-                    tokio::time::sleep(self.provider.poll_interval().max(OBSERVE_ERROR_PAUSE))
-                        .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.provider.poll_interval().max(OBSERVE_ERROR_PAUSE)) => {}
+                        _ = release.released() => return Err(released()),
+                    }
                     continue;
                 }
                 Err(e) => Observation::Failed(e),
@@ -727,6 +925,7 @@ impl ComputeActivities {
                     tokio::select! {
                         _ = tokio::time::sleep(self.provider.poll_interval()) => {}
                         _ = ctx.cancelled() => {}
+                        _ = release.released() => return Err(released()),
                     }
                     continue;
                 }
@@ -898,10 +1097,11 @@ mod definitions {
         pub async fn provision_tenant_compute(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: Value,
+            input: RawValue,
         ) -> Result<ExecutionHandle, ActivityError> {
             self.audited(&ctx, async |attempt| {
-                self.start(&ctx, attempt, Operation::Provision, input).await
+                self.start(&ctx, attempt, Operation::Provision, &input)
+                    .await
             })
             .await
         }
@@ -911,10 +1111,10 @@ mod definitions {
         pub async fn update_tenant_compute(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: Value,
+            input: RawValue,
         ) -> Result<ExecutionHandle, ActivityError> {
             self.audited(&ctx, async |attempt| {
-                self.start(&ctx, attempt, Operation::Update, input).await
+                self.start(&ctx, attempt, Operation::Update, &input).await
             })
             .await
         }
@@ -924,10 +1124,10 @@ mod definitions {
         pub async fn delete_tenant_compute(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: Value,
+            input: RawValue,
         ) -> Result<ExecutionHandle, ActivityError> {
             self.audited(&ctx, async |attempt| {
-                self.start(&ctx, attempt, Operation::Delete, input).await
+                self.start(&ctx, attempt, Operation::Delete, &input).await
             })
             .await
         }
@@ -939,11 +1139,16 @@ mod definitions {
         pub async fn get_compute_execution(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: Value,
+            input: RawValue,
         ) -> Result<ExecutionStatus, ActivityError> {
             self.audited(&ctx, async |attempt| {
-                let (id, include_attempts) = validate::execution_id(&input)
-                    .and_then(|id| Ok((id, validate::include_attempts(&input)?)))
+                let (id, include_attempts) = input::decode(&input, "input")
+                    .and_then(|input| {
+                        Ok((
+                            validate::execution_id(&input)?,
+                            validate::include_attempts(&input)?,
+                        ))
+                    })
                     .map_err(|e| fail(e, "Validating the request"))?;
                 attempt.about_execution(&id);
                 let mut status = self
@@ -975,11 +1180,12 @@ mod definitions {
         pub async fn list_tenant_compute_executions(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: Value,
+            input: RawValue,
         ) -> Result<Vec<ExecutionStatus>, ActivityError> {
             self.audited(&ctx, async |attempt| {
-                let tenant =
-                    validate::tenant_only(&input).map_err(|e| fail(e, "Validating the request"))?;
+                let tenant = input::decode(&input, "input")
+                    .and_then(|input| validate::tenant_only(&input))
+                    .map_err(|e| fail(e, "Validating the request"))?;
                 attempt.about_tenant(&tenant, None);
                 self.store
                     .list_executions(&tenant)
@@ -996,9 +1202,11 @@ mod definitions {
         pub async fn watch_compute_execution(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: WatchInput,
+            input: RawValue,
         ) -> Result<ExecutionStatus, ActivityError> {
             self.audited(&ctx, async |attempt| {
+                let input = WatchInput::from_raw(&input)
+                    .map_err(|e| fail(e, "Validating the watch's input"))?;
                 attempt.about_execution(&input.execution_id);
                 let span = tracing::info_span!("watch", execution_id = %input.execution_id, tenant_id = Empty, operation = Empty);
                 async {
@@ -1018,9 +1226,12 @@ mod definitions {
         pub async fn mark_compute_execution_timed_out(
             self: Arc<Self>,
             ctx: ActivityContext,
-            execution_id: String,
+            input: RawValue,
         ) -> Result<ExecutionStatus, ActivityError> {
             self.audited(&ctx, async |attempt| {
+                let execution_id = input::decode_as::<String>(&input, "input")
+                    .and_then(|id| validate::check_execution_id("input", &id).map(|()| id))
+                    .map_err(|e| fail(e, "Validating the input"))?;
                 attempt.about_execution(&execution_id);
                 let status = self
                     .get_status(&execution_id)
@@ -1059,9 +1270,12 @@ mod definitions {
         pub async fn deliver_compute_callback(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: DeliverInput,
+            input: RawValue,
         ) -> Result<DeliveryOutcome, ActivityError> {
             self.audited(&ctx, async |attempt| {
+                let input = DeliverInput::from_raw(&input)
+                    .and_then(|i| self.callbacks.check_target(&i.target).map(|()| i))
+                    .map_err(|e| fail(e, "Validating the delivery"))?;
                 let cb = &input.callback;
                 attempt.about_tenant(&cb.tenant_id, Some(cb.operation.as_str()));
                 attempt.about_execution(&cb.execution_id);
@@ -1084,9 +1298,17 @@ mod definitions {
         pub async fn heartbeat_compute_callbacks(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: HeartbeatInput,
+            input: RawValue,
         ) -> Result<HeartbeatOutcome, ActivityError> {
             self.audited(&ctx, async |attempt| {
+                let input = HeartbeatInput::from_raw(&input)
+                    .and_then(|i| {
+                        i.targets
+                            .iter()
+                            .try_for_each(|t| self.callbacks.check_target(t))
+                            .map(|()| i)
+                    })
+                    .map_err(|e| fail(e, "Validating the heartbeat's input"))?;
                 attempt.about_tenant(&input.tenant_id, Some(input.operation.as_str()));
                 if !input.execution_id.is_empty() {
                     attempt.about_execution(&input.execution_id);
@@ -1105,10 +1327,11 @@ mod definitions {
         pub async fn check_compute_callback(
             self: Arc<Self>,
             ctx: ActivityContext,
-            request: Value,
+            request: RawValue,
         ) -> Result<Option<CallbackTarget>, ActivityError> {
             self.audited(&ctx, async |_attempt| {
-                let target = validate::callback_of(&request)
+                let target = input::decode(&request, "request")
+                    .and_then(|request| validate::callback_of(&request))
                     .map_err(|e| fail(e, "Validating the callback"))?;
                 if let Some(t) = &target {
                     self.callbacks
@@ -1126,9 +1349,11 @@ mod definitions {
         pub async fn mark_tenant_requires_intervention(
             self: Arc<Self>,
             ctx: ActivityContext,
-            input: InterventionInput,
+            input: RawValue,
         ) -> Result<(), ActivityError> {
             self.audited(&ctx, async |attempt| {
+                let input = InterventionInput::from_raw(&input)
+                    .map_err(|e| fail(e, "Validating the input"))?;
                 attempt.about_tenant(&input.tenant_id, Some("abort"));
                 attempt.about_execution(&input.execution_id);
                 let span = op_span("abort", &input.tenant_id);

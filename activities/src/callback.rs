@@ -57,6 +57,9 @@ pub struct Callbacks {
     sfn: OnceCell<aws_sdk_sfn::Client>,
     http: reqwest::Client,
     restate_ingress: Vec<Url>,
+    /// Namespaces a `temporal` target may name besides the worker's own (an absent namespace
+    /// is the worker's own).
+    namespaces: Vec<String>,
 }
 
 impl std::fmt::Debug for Callbacks {
@@ -105,6 +108,7 @@ impl Default for Callbacks {
             sfn: OnceCell::new(),
             http: http_client().unwrap_or_default(),
             restate_ingress: Vec::new(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -128,7 +132,18 @@ impl Callbacks {
             sfn: OnceCell::new(),
             http: http_client()?,
             restate_ingress: parse_ingress_urls(restate_ingress)?,
+            namespaces: Vec::new(),
         })
+    }
+
+    /// Lets `temporal` targets name these namespaces: the worker's own and those in
+    /// `--callback-namespaces`. Without it only targets that name no namespace (the worker's
+    /// own) are accepted.
+    pub fn with_namespaces(self, namespaces: impl IntoIterator<Item = String>) -> Self {
+        Callbacks {
+            namespaces: namespaces.into_iter().collect(),
+            ..self
+        }
     }
 
     /// Uses this Step Functions client (tests).
@@ -145,9 +160,17 @@ impl Callbacks {
                 let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .load()
                     .await;
-                // Retries are the delivery activity's: each attempt is then recorded.
+                // Retries are the delivery activity's: each attempt is then recorded. A hung
+                // call must end, or it would hold the delivery until its activity timeout.
                 let conf = aws_sdk_sfn::config::Builder::from(&sdk)
                     .retry_config(aws_sdk_sfn::config::retry::RetryConfig::disabled())
+                    .timeout_config(
+                        aws_sdk_sfn::config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(5))
+                            .operation_attempt_timeout(Duration::from_secs(10))
+                            .operation_timeout(Duration::from_secs(20))
+                            .build(),
+                    )
                     .build();
                 aws_sdk_sfn::Client::from_conf(conf)
             })
@@ -156,12 +179,20 @@ impl Callbacks {
 
     /// Checks what validation of the request's shape cannot: a Restate target must name a
     /// configured ingress (so a request cannot make the worker call an arbitrary URL), and
-    /// some ingress must be configured at all.
+    /// some ingress must be configured at all; a Temporal target may name only an allowed
+    /// namespace.
     pub fn check_target(&self, target: &CallbackTarget) -> Result<(), ComputeError> {
-        if let CallbackTarget::Restate(r) = target {
-            self.ingress_for(r)?;
+        match target {
+            CallbackTarget::Restate(r) => self.ingress_for(r).map(|_| ()),
+            CallbackTarget::Temporal(t) => match &t.namespace {
+                Some(n) if !self.namespaces.contains(n) => Err(ComputeError::invalid(
+                    "callback.temporal.namespace: not this worker's namespace nor one of its \
+                     --callback-namespaces",
+                )),
+                _ => Ok(()),
+            },
+            CallbackTarget::StepFunctions(_) => Ok(()),
         }
-        Ok(())
     }
 
     fn ingress_for(&self, r: &RestateCallback) -> Result<&Url, ComputeError> {

@@ -7,7 +7,12 @@
 //!   (it is created first), so only the first worker sharing the file crashes.
 //!
 //! The environment is read once; with no crash point set, a call is one atomic load.
+//!
+//! Compiled in only with the `fault-injection` feature, which the workspace enables for its
+//! own test builds (a dev-dependency): a release build has no crash points, whatever its
+//! environment says.
 
+#[cfg(feature = "fault-injection")]
 use std::sync::OnceLock;
 
 /// After the provider call, before its result is written to the store.
@@ -17,11 +22,13 @@ pub const BEFORE_TRACKER_START: &str = "before-tracker-start";
 /// After the store recorded the terminal state, before the callback signal is sent.
 pub const AFTER_TERMINAL_STATE: &str = "after-terminal-state";
 
+#[cfg(feature = "fault-injection")]
 struct Config {
     crash_at: Option<String>,
     once_file: Option<std::path::PathBuf>,
 }
 
+#[cfg(feature = "fault-injection")]
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| Config {
@@ -33,7 +40,14 @@ fn config() -> &'static Config {
 }
 
 /// Kills this process with SIGKILL when `COMPUTE_FAULT_CRASH_AT` names this point (and the
+/// once-file, if configured, did not exist yet). Does nothing otherwise, and nothing at all
+/// without the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+pub fn crash_point(_name: &str) {}
+
+/// Kills this process with SIGKILL when `COMPUTE_FAULT_CRASH_AT` names this point (and the
 /// once-file, if configured, did not exist yet). Does nothing otherwise.
+#[cfg(feature = "fault-injection")]
 pub fn crash_point(name: &str) {
     let config = config();
     if config.crash_at.as_deref() != Some(name) {

@@ -12,6 +12,7 @@ pub mod callback;
 pub mod contract;
 pub mod error;
 pub mod faults;
+pub mod input;
 pub mod names;
 pub mod provider;
 pub mod store;

@@ -5,6 +5,10 @@
 //! A resource is an orphan when its tenant is unknown to the store, when the tenant is
 //! deleted, or when the execution that last applied it is unknown. Finding is read-only;
 //! removing goes through the provider's own delete, so it is as idempotent as any delete.
+//!
+//! Against the wrong store (a mistyped `--database`, an empty file, another deployment's
+//! database) every managed resource looks like an orphan, so removing is refused unless the
+//! store has recorded an execution for the provider ([`check_store_knows_provider`]).
 
 use serde::Serialize;
 
@@ -12,7 +16,7 @@ use crate::{
     contract::{Operation, TenantState},
     error::{ComputeError, ErrorCode, Result},
     provider::{ComputeProvider, CurrentState, ManagedResource, OperationContext},
-    store::ExecutionStore,
+    store::{ExecutionStore, redact_url},
 };
 
 /// Why a resource is an orphan.
@@ -84,6 +88,25 @@ pub async fn find_orphans(
     Ok(orphans)
 }
 
+/// Refuses to let a sweep remove anything unless the store has recorded an execution for
+/// `provider` (its [`ComputeProvider::name`]; executions from before the store recorded
+/// providers count for any): `sweep --apply` calls it before [`remove_orphans`].
+/// `database_url` is only for the message, which shows it redacted.
+pub async fn check_store_knows_provider(
+    store: &dyn ExecutionStore,
+    provider: &str,
+    database_url: &str,
+) -> Result<()> {
+    if store.knows_provider(provider).await.map_err(store_error)? {
+        return Ok(());
+    }
+    Err(ComputeError::invalid(format!(
+        "refusing to remove anything: the store {} has never recorded an execution for \
+         provider {provider}; is --database right?",
+        redact_url(database_url)
+    )))
+}
+
 /// Removes orphans with the provider's delete, one tenant at a time; one failure does not
 /// stop the others.
 pub async fn remove_orphans(provider: &dyn ComputeProvider, orphans: &[Orphan]) -> Vec<Removal> {
@@ -112,4 +135,65 @@ pub async fn remove_orphans(provider: &dyn ComputeProvider, orphans: &[Orphan]) 
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        error::Classification,
+        store::{NewExecution, spec_hash, sqlite::SqliteStore},
+    };
+
+    fn execution(tenant: &str, provider: Option<&str>) -> NewExecution {
+        NewExecution {
+            tenant_id: tenant.into(),
+            operation: Operation::Delete,
+            idempotency_key: None,
+            spec_hash: spec_hash(None),
+            spec: None,
+            request: json!({"tenantId": tenant}),
+            timeout: Duration::from_secs(5),
+            provider: provider.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_saw_the_provider_is_refused() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let url = "postgres://app:hunter2@db/x?sslpassword=s3cret";
+        let e = check_store_knows_provider(&store, "local", url)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfiguration);
+        assert!(!e.retriable);
+        assert_eq!(e.classification, Classification::NonRetriable);
+        assert_eq!(
+            e.message,
+            "refusing to remove anything: the store postgres://app:***@db/x?sslpassword=*** has \
+             never recorded an execution for provider local; is --database right?"
+        );
+        // Another provider's executions do not vouch for this one.
+        store
+            .begin_execution(execution("t1", Some("ecs")))
+            .await
+            .unwrap();
+        assert!(
+            check_store_knows_provider(&store, "local", url)
+                .await
+                .is_err()
+        );
+        check_store_knows_provider(&store, "ecs", url)
+            .await
+            .unwrap();
+        // An execution that recorded no provider (an older worker's) vouches for any.
+        store.begin_execution(execution("t2", None)).await.unwrap();
+        check_store_knows_provider(&store, "local", url)
+            .await
+            .unwrap();
+    }
 }

@@ -303,6 +303,23 @@ fn callback(obj: &Obj<'_>) -> Result<Option<CallbackTarget>> {
     let Some(cb) = obj.object("callback")? else {
         return Ok(None);
     };
+    callback_target_of(&cb).map(Some)
+}
+
+/// Validates one callback target, `{"temporal": {...}}` | `{"stepFunctions": {...}}` |
+/// `{"restate": {...}}` (a request's `callback`, an `attach-callback` signal's `target`, a
+/// delivery's target). Messages name the fields under `callback`.
+pub fn callback_target(v: &Value) -> Result<CallbackTarget> {
+    match v {
+        Value::Object(map) => callback_target_of(&Obj {
+            path: "callback".into(),
+            map,
+        }),
+        other => Err(wrong_type("callback", "an object", other)),
+    }
+}
+
+fn callback_target_of(cb: &Obj<'_>) -> Result<CallbackTarget> {
     let kinds: Vec<&String> = cb.map.keys().collect();
     if kinds.len() != 1 {
         return Err(invalid(
@@ -316,17 +333,44 @@ fn callback(obj: &Obj<'_>) -> Result<Option<CallbackTarget>> {
                 .object("temporal")?
                 .ok_or_else(|| invalid("callback.temporal", "must be an object"))?;
             let workflow_id = t.required_string("workflowId")?;
-            if workflow_id.is_empty() || workflow_id.len() > 1000 {
+            if workflow_id.is_empty()
+                || workflow_id.len() > 1000
+                || workflow_id.chars().any(char::is_control)
+            {
                 return Err(invalid(
                     "callback.temporal.workflowId",
-                    "must be 1 to 1000 characters",
+                    "must be 1 to 1000 characters with no control characters",
                 ));
             }
-            Ok(Some(CallbackTarget::Temporal(TemporalCallback {
+            let run_id = t.string("runId")?;
+            if let Some(r) = run_id
+                && (r.is_empty()
+                    || r.len() > 64
+                    || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            {
+                return Err(invalid(
+                    "callback.temporal.runId",
+                    "must be a run id (1 to 64 letters, digits or '-')",
+                ));
+            }
+            let namespace = t.string("namespace")?;
+            if let Some(n) = namespace
+                && (n.is_empty()
+                    || n.len() > 255
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+            {
+                return Err(invalid(
+                    "callback.temporal.namespace",
+                    "must be a namespace name (1 to 255 letters, digits, '-', '_' or '.')",
+                ));
+            }
+            Ok(CallbackTarget::Temporal(TemporalCallback {
                 workflow_id: workflow_id.to_string(),
-                run_id: t.string("runId")?.map(str::to_string),
-                namespace: t.string("namespace")?.map(str::to_string),
-            })))
+                run_id: run_id.map(str::to_string),
+                namespace: namespace.map(str::to_string),
+            }))
         }
         "stepFunctions" => {
             let t = cb
@@ -347,29 +391,24 @@ fn callback(obj: &Obj<'_>) -> Result<Option<CallbackTarget>> {
                     ),
                 ));
             }
-            // A day at most: a longer heartbeat interval guards nothing.
+            // At least a second (Step Functions' own minimum), a day at most: a longer
+            // heartbeat interval guards nothing.
             let heartbeat_seconds = t.unsigned("heartbeatSeconds", 1, 86_400)?.map(|s| s as u32);
-            Ok(Some(CallbackTarget::StepFunctions(StepFunctionsCallback {
+            Ok(CallbackTarget::StepFunctions(StepFunctionsCallback {
                 task_token: token.to_string(),
                 heartbeat_seconds,
-            })))
+            }))
         }
         "restate" => {
             let r = cb
                 .object("restate")?
                 .ok_or_else(|| invalid("callback.restate", "must be an object"))?;
             let id = r.required_string("awakeableId")?;
-            // Restate's ids are `sign_1` / `prom_1` followed by base64url: they go into the
-            // ingress URL's path as they are, so nothing else may pass.
-            if id.is_empty()
-                || id.len() > 512
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
+            if !is_awakeable_id(id) {
                 return Err(invalid(
                     "callback.restate.awakeableId",
-                    "must be 1 to 512 characters of A-Z, a-z, 0-9, '_' and '-'",
+                    "must be a Restate awakeable id: \"sign_\" or \"prom_\" followed by 1 to \
+                     500 base64url characters (A-Z, a-z, 0-9, '_', '-')",
                 ));
             }
             let ingress_url = r.string("ingressUrl")?;
@@ -381,16 +420,32 @@ fn callback(obj: &Obj<'_>) -> Result<Option<CallbackTarget>> {
                     "must be 1 to 2000 characters",
                 ));
             }
-            Ok(Some(CallbackTarget::Restate(RestateCallback {
+            Ok(CallbackTarget::Restate(RestateCallback {
                 awakeable_id: id.to_string(),
                 ingress_url: ingress_url.map(str::to_string),
-            })))
+            }))
         }
         _ => Err(invalid(
             "callback",
             "must have exactly one of \"temporal\", \"stepFunctions\", \"restate\"",
         )),
     }
+}
+
+/// Restate's awakeable ids: `sign_` (or the older `prom_`) and base64url. They go into the
+/// ingress URL's path as they are, so nothing else may pass.
+pub fn is_awakeable_id(id: &str) -> bool {
+    let Some(rest) = id
+        .strip_prefix("sign_")
+        .or_else(|| id.strip_prefix("prom_"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.len() <= 500
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Validates a request's `callback` field on its own (`TenantComputeWorkflow` reads it
@@ -610,14 +665,28 @@ pub fn delete_request(input: &Value) -> Result<DeleteRequest> {
 pub fn execution_id(input: &Value) -> Result<String> {
     let obj = Obj::root(input)?;
     let id = obj.required_string("executionId")?;
+    check_execution_id("executionId", id)?;
+    Ok(id.to_string())
+}
+
+/// Checks that `id` (in field `field`) looks like an execution id we hand out.
+pub fn check_execution_id(field: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 200 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
         return Err(invalid(
-            "executionId",
+            field,
             "must be an execution id as returned in an ExecutionHandle",
         ));
     }
-    Ok(id.to_string())
+    Ok(())
+}
+
+/// Checks that `id` (in field `field`) is a valid tenant id.
+pub fn check_tenant_id(field: &str, id: &str) -> Result<()> {
+    if !is_dns1123_label(id) {
+        return Err(invalid(field, "must be a tenant id (a DNS-1123 label)"));
+    }
+    Ok(())
 }
 
 /// Reads the optional `includeAttempts` flag of `GetComputeExecution`'s input (default false).

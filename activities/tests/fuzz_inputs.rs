@@ -46,6 +46,7 @@ use compute_activities::{
     ComputeActivities, ComputeError, ErrorCode,
     activities::ActivitySettings,
     contract::{AttemptOutcome, AttemptRecord, ComputeSpec, ResourceIds, TenantState},
+    input::raw,
     provider::{
         ComputeProvider, CurrentState, ManagedResource, Observation, OperationContext,
         ecs::EcsProvider,
@@ -824,7 +825,7 @@ fn provider_validate(
     spec: &ComputeSpec,
 ) -> Result<(), ComputeError> {
     match flavour {
-        Flavour::Local => local.validate(spec),
+        Flavour::Local => local.validate("t", spec),
         Flavour::Ecs => EcsProvider::validate_spec(spec),
         Flavour::Kubernetes => KubernetesProvider::validate_spec(spec),
     }
@@ -840,7 +841,7 @@ impl ComputeProvider for RecordingProvider {
         }
     }
 
-    fn validate(&self, spec: &ComputeSpec) -> Result<(), ComputeError> {
+    fn validate(&self, _tenant_id: &str, spec: &ComputeSpec) -> Result<(), ComputeError> {
         provider_validate(self.flavour, &self.local, spec)
     }
 
@@ -1066,23 +1067,26 @@ impl Rig {
         let result = self.runtime.block_on(async {
             match activity {
                 Activity::Provision => env
-                    .run(ComputeActivities::provision_tenant_compute, input)
+                    .run(ComputeActivities::provision_tenant_compute, raw(&input))
                     .await
                     .map(|v| serde_json::to_value(v).unwrap()),
                 Activity::Update => env
-                    .run(ComputeActivities::update_tenant_compute, input)
+                    .run(ComputeActivities::update_tenant_compute, raw(&input))
                     .await
                     .map(|v| serde_json::to_value(v).unwrap()),
                 Activity::Delete => env
-                    .run(ComputeActivities::delete_tenant_compute, input)
+                    .run(ComputeActivities::delete_tenant_compute, raw(&input))
                     .await
                     .map(|v| serde_json::to_value(v).unwrap()),
                 Activity::Get => env
-                    .run(ComputeActivities::get_compute_execution, input)
+                    .run(ComputeActivities::get_compute_execution, raw(&input))
                     .await
                     .map(|v| serde_json::to_value(v).unwrap()),
                 Activity::List => env
-                    .run(ComputeActivities::list_tenant_compute_executions, input)
+                    .run(
+                        ComputeActivities::list_tenant_compute_executions,
+                        raw(&input),
+                    )
                     .await
                     .map(|v| serde_json::to_value(v).unwrap()),
             }

@@ -4,7 +4,13 @@ prints one JSON result per call.
 
 Usage: call_activities.py ADDRESS TASK_QUEUE CALLS_JSON
 CALLS_JSON is a list of {"activity": NAME, "input": ANY, "waitSignal": bool,
-"startToCloseSeconds": int (default 60)}.
+"startToCloseSeconds": int (default 60), "build": {...}?, "encoding": STR?}.
+
+Hostile inputs too large for a command line are built inside the workflow from "build":
+{"kind": "deep", "levels": N} nests {"a": ...} N levels deep around "input"; {"kind": "pad",
+"bytes": N} adds a string field of N bytes to "input"; {"kind": "items", "count": N} adds an
+array of N numbers. "encoding" sends the input as a raw payload with that encoding (such as
+"json/protobuf", as Go and Java send proto messages), passed through unchanged.
 """
 
 import asyncio
@@ -15,8 +21,9 @@ import uuid
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
@@ -46,10 +53,11 @@ class PythonComputeCaller:
 
     @workflow.run
     async def run(self, call: dict) -> dict:
+        arg = build_input(call)
         try:
             result = await workflow.execute_activity(
                 call["activity"],
-                call["input"],
+                arg,
                 task_queue=call["taskQueue"],
                 start_to_close_timeout=timedelta(seconds=call.get("startToCloseSeconds", 60)),
                 # Generous on purpose: a refused input must stop after one attempt by itself.
@@ -67,6 +75,28 @@ class PythonComputeCaller:
         if call.get("waitSignal"):
             await workflow.wait_condition(lambda: len(self.signals) > 0, timeout=timedelta(seconds=60))
         return {"result": result, "signals": self.signals}
+
+
+def build_input(call: dict):
+    value = call.get("input")
+    build = call.get("build")
+    if build:
+        kind = build["kind"]
+        if kind == "deep":
+            # Built in a loop: json.dumps handles a few hundred levels, not our limit of 32.
+            for _ in range(build["levels"]):
+                value = {"a": value}
+        elif kind == "pad":
+            value = dict(value, pad="x" * build["bytes"])
+        elif kind == "items":
+            value = dict(value, items=list(range(build["count"])))
+    encoding = call.get("encoding")
+    if encoding:
+        meta = {"encoding": encoding.encode()}
+        if encoding == "json/protobuf":
+            meta["messageType"] = b"compute.v1.ComputeRequest"
+        return RawValue(Payload(metadata=meta, data=json.dumps(value).encode()))
+    return value
 
 
 async def main() -> None:

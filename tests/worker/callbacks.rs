@@ -364,6 +364,18 @@ async fn step_functions_tasks_are_completed_with_the_outcome() {
     // One completion per operation reached moto.
     let stats = sfn.proxy.stats();
     assert_eq!(stats["forwarded"]["SendTaskSuccess"], 3, "{stats}");
+    // The store keeps a token only as its digest: the request of the execution that carried
+    // one names no token.
+    let dump = crate::secret_scan::sqlite_dump(&worker.dir.path().join("store.db"));
+    assert!(dump.contains("taskTokenDigest"), "positive control: {dump}");
+    assert!(
+        !dump.contains(&token),
+        "a task token is stored in plaintext"
+    );
+    assert!(
+        !dump.contains("bm90LWEtdG9rZW4="),
+        "a task token is stored in plaintext"
+    );
 }
 
 #[tokio::test]

@@ -443,6 +443,12 @@ fn compose_file_runs_temporal_a_store_and_two_workers() {
                         "host port {port} is published by {name} and {other}"
                     );
                 }
+                // Nothing listens beyond this host: Temporal (no auth), its UI and the store
+                // hold everything a caller may do and every execution.
+                assert_eq!(
+                    ip, "127.0.0.1",
+                    "{name} publishes port {port} on {ip}, not on loopback only"
+                );
                 published.push((ip, port, name.clone()));
             }
         }

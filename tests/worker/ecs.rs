@@ -788,6 +788,53 @@ async fn ecs_secrets_are_references_only() {
     }
 }
 
+/// A `valueFrom` outside the worker's own account and region (the default scope, from STS
+/// at start: moto's account 123456789012, us-east-1) is refused on the first attempt with
+/// INVALID_CONFIGURATION naming the field and not the ARN, before anything reaches ECS.
+#[tokio::test]
+async fn ecs_secret_outside_the_allowed_prefixes_is_refused_on_the_first_attempt() {
+    let rig = Rig::start().await;
+    let worker = rig.worker("ecs-scope", CLUSTER);
+    let client = client().await;
+    let cases = [
+        (
+            "ecs-scope-account",
+            "arn:aws:ssm:us-east-1:210987654321:parameter/other/db-password",
+        ),
+        (
+            "ecs-scope-region",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf",
+        ),
+    ];
+    for (id, arn) in cases {
+        let request = json!({"tenantId": "ecs-scope", "spec": {
+            "image": "nginx:1.27", "memory": 512,
+            "secrets": [{"name": "DB_PASSWORD", "valueFrom": arn}]}});
+        let (code, non_retryable, details) = worker
+            .run_tenant_workflow(
+                &client,
+                id,
+                input("provision", request, json!({"maxAttempts": 5})),
+            )
+            .await
+            .failed();
+        assert_eq!(code, "INVALID_CONFIGURATION", "{id}: {details}");
+        assert!(non_retryable, "{id}: {details}");
+        assert_eq!(details["retriable"], false, "{id}");
+        let message = str_of(&details, "/message");
+        assert!(
+            message.starts_with("spec.secrets[0].valueFrom"),
+            "{id}: {message}"
+        );
+        assert!(!message.contains(arn), "{id}: repeats the ARN: {message}");
+        assert_eq!(activity_attempts(id, "ProvisionTenantCompute"), [1], "{id}");
+    }
+    for target in ["RegisterTaskDefinition", "CreateService"] {
+        assert_eq!(rig.proxy.forwarded(target), 0, "{}", rig.proxy.stats());
+    }
+    assert!(rig.service_arns().await.is_empty());
+}
+
 /// Two throttled CreateService calls: classified THROTTLED, retried, and the operation ends
 /// well with one service.
 #[tokio::test]

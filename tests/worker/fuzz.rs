@@ -225,7 +225,7 @@ fn mutated(activity: &str, n: usize, rng: &mut Rng, tokens: &mut Vec<String>) ->
 fn verdict(activity: &str, input: &Value, local: &LocalProvider) -> Result<(), ComputeError> {
     match activity {
         "ProvisionTenantCompute" | "UpdateTenantCompute" => {
-            validate::compute_request(input).and_then(|r| local.validate(&r.spec))
+            validate::compute_request(input).and_then(|r| local.validate(&r.tenant_id, &r.spec))
         }
         "DeleteTenantCompute" => validate::delete_request(input).map(drop),
         "GetComputeExecution" => {
@@ -297,6 +297,7 @@ async fn fuzz_refused_inputs_fail_once_and_leave_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let local = LocalProvider::new(LocalConfig {
         state_dir: scratch.path().join("local"),
+        secret_env_allow: vec!["FUZZ_DB".into()],
         ..LocalConfig::default()
     })
     .unwrap();
@@ -346,6 +347,7 @@ async fn fuzz_refused_inputs_fail_once_and_leave_nothing() {
         "fuzz",
         WorkerOpts {
             env: vec![("FUZZ_DB", "fuzz-db-reference-target".into())],
+            args: vec!["--local-secret-env-allow".into(), "FUZZ_DB".into()],
             ..Default::default()
         },
     );

@@ -528,7 +528,9 @@ async fn k8s_rig_plays_the_kubelet() {
 async fn k8s_provision_creates_the_deployment_and_reports_its_pods() {
     let rig = Rig::start("k8s-prov").await;
     let secret_value = "k8s-s3cr3t-nobody-reads-4b7e";
-    rig.create_secret("prov-api", "token", secret_value).await;
+    // Named under the tenant's default prefix `tenant-<tenantId>-`.
+    rig.create_secret("tenant-k8s-prov-api", "token", secret_value)
+        .await;
     let worker = rig.worker("k8s-prov");
     let client = client().await;
     let tenant = "k8s-prov";
@@ -537,7 +539,7 @@ async fn k8s_provision_creates_the_deployment_and_reports_its_pods() {
             "cpu": 0.25, "memory": 128, "replicas": 2, "port": 8080,
             "env": {"MODE": "blue"}, "config": {"LOG_LEVEL": "debug"},
             "secrets": [{"name": "API_TOKEN",
-                         "secretKeyRef": {"name": "prov-api", "key": "token"}}]},
+                         "secretKeyRef": {"name": "tenant-k8s-prov-api", "key": "token"}}]},
         "metadata": {"owner": "platform-team", "environment": "staging",
                      "labels": {"team": "platform"}},
         "timeout": "60s"});
@@ -667,9 +669,36 @@ async fn k8s_provision_creates_the_deployment_and_reports_its_pods() {
         env.as_array()
             .unwrap()
             .contains(&json!({"name": "API_TOKEN", "valueFrom":
-            {"secretKeyRef": {"name": "prov-api", "key": "token", "optional": false}}})),
+            {"secretKeyRef": {"name": "tenant-k8s-prov-api", "key": "token", "optional": false}}})),
         "{env}"
     );
+    // The baseline pod security profile, as the API server stored it; the pods the
+    // controller made from the template carry it too.
+    assert_eq!(
+        json!(template.security_context),
+        json!({"seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    // The API server drops a false host namespace flag as the default it is.
+    for host in [template.host_network, template.host_pid, template.host_ipc] {
+        assert_ne!(host, Some(true), "{}", json!(template));
+    }
+    assert_eq!(
+        json!(c.security_context),
+        json!({"allowPrivilegeEscalation": false, "privileged": false})
+    );
+    for p in &pods {
+        let pod_spec = p.spec.as_ref().unwrap();
+        assert_eq!(
+            json!(pod_spec.security_context),
+            json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+            "{}",
+            name_of(p)
+        );
+        assert_eq!(
+            json!(pod_spec.containers[0].security_context),
+            json!({"allowPrivilegeEscalation": false, "privileged": false})
+        );
+    }
     let resources = json!(c.resources);
     assert_eq!(
         resources["limits"],
@@ -1038,7 +1067,8 @@ async fn k8s_api_server_refusal_is_invalid_configuration() {
     let client = client().await;
     let tenant = "k8s-invalid";
     let request = json!({"tenantId": tenant, "spec": {"image": "nginx:1.27",
-        "secrets": [{"name": "API_TOKEN", "secretKeyRef": {"name": "api", "key": "api/token"}}]}});
+        "secrets": [{"name": "API_TOKEN",
+                     "secretKeyRef": {"name": "tenant-k8s-invalid-api", "key": "api/token"}}]}});
     let (code, non_retryable, details) = worker
         .run_tenant_workflow(
             &client,
@@ -1063,6 +1093,98 @@ async fn k8s_api_server_refusal_is_invalid_configuration() {
     );
     assert_eq!(query_status(&client, "k8s-invalid-1").await["attempt"], 1);
     assert!(rig.all_deployments().await.is_empty());
+}
+
+/// A request whose `secretKeyRef` names a Secret outside the tenant's prefix (another
+/// tenant's, one whose id extends this tenant's, or any other), or whose labels use a
+/// reserved prefix, is refused on the first attempt with INVALID_CONFIGURATION naming the
+/// field and not the value, whether the Secret exists or not; nothing is created.
+#[tokio::test]
+async fn k8s_secret_scope_and_reserved_labels_are_refused_on_the_first_attempt() {
+    let rig = Rig::start("k8s-scope").await;
+    // Secrets that exist in the shared namespace: existing does not make them readable.
+    rig.create_secret("tenant-k8s-other-api", "token", "other-tenants-value")
+        .await;
+    rig.create_secret("tenant-k8s-scope-corp-db", "token", "extended-id-value")
+        .await;
+    let worker = rig.worker("k8s-scope");
+    let client = client().await;
+    let tenant = "k8s-scope";
+    let secret = |name: &str| {
+        json!({"tenantId": tenant, "spec": {"image": "nginx:1.27",
+            "secrets": [{"name": "API_TOKEN", "secretKeyRef": {"name": name, "key": "token"}}]}})
+    };
+    let labelled = |key: &str| {
+        json!({"tenantId": tenant, "spec": {"image": "nginx:1.27"},
+               "metadata": {"labels": {key: "privileged"}}})
+    };
+    let cases = [
+        (
+            "k8s-scope-other",
+            secret("tenant-k8s-other-api"),
+            "spec.secrets[0].secretKeyRef.name",
+            "tenant-k8s-other-api",
+        ),
+        (
+            "k8s-scope-corp",
+            secret("tenant-k8s-scope-corp-db"),
+            "spec.secrets[0].secretKeyRef.name",
+            "tenant-k8s-scope-corp-db",
+        ),
+        (
+            "k8s-scope-missing",
+            secret("no-such-secret"),
+            "spec.secrets[0].secretKeyRef.name",
+            "no-such-secret",
+        ),
+        (
+            "k8s-scope-psa",
+            labelled("pod-security.kubernetes.io/enforce"),
+            "metadata.labels",
+            "pod-security.kubernetes.io",
+        ),
+        (
+            "k8s-scope-mark",
+            labelled("kubernetes.io/hostname"),
+            "metadata.labels",
+            "hostname",
+        ),
+        (
+            "k8s-scope-tenant",
+            labelled("compute-worker/tenant"),
+            "metadata.labels",
+            "compute-worker/tenant",
+        ),
+    ];
+    for (id, request, field, value) in cases {
+        let (code, non_retryable, details) = worker
+            .run_tenant_workflow(
+                &client,
+                id,
+                input("provision", request, json!({"maxAttempts": 5})),
+            )
+            .await
+            .failed();
+        assert_eq!(code, "INVALID_CONFIGURATION", "{id}: {details}");
+        assert!(non_retryable, "{id}: {details}");
+        assert_eq!(details["retriable"], false, "{id}");
+        let message = str_of(&details, "/message");
+        assert!(message.starts_with(field), "{id}: {message}");
+        assert!(
+            !message.contains(value),
+            "{id}: the message repeats the value: {message}"
+        );
+        assert_eq!(
+            started_activity_attempts(id, "ProvisionTenantCompute"),
+            [1],
+            "{id}"
+        );
+    }
+    assert!(rig.all_deployments().await.is_empty());
+    let log = worker.log();
+    for value in ["other-tenants-value", "extended-id-value"] {
+        assert!(!log.contains(value));
+    }
 }
 
 /// The ServiceAccount, Role and RoleBinding of deploy/kubernetes/rbac.yaml (in the test's

@@ -10,8 +10,10 @@ mod faults;
 mod fuzz;
 mod harness;
 mod kubernetes;
+mod postgres_tls;
 mod secret_scan;
 mod sweep;
+mod trust;
 
 use compute_activities::{contract::TenantState, store};
 use harness::{
@@ -431,6 +433,10 @@ async fn secret_values_never_reach_logs_or_history() {
         "secret",
         WorkerOpts {
             env: vec![("TENANT_DB_PASSWORD", secret.to_string())],
+            args: vec![
+                "--local-secret-env-allow".into(),
+                "TENANT_DB_PASSWORD".into(),
+            ],
             ..Default::default()
         },
     );
@@ -443,7 +449,7 @@ async fn secret_values_never_reach_logs_or_history() {
         .await
         .completed();
     // The workload got the value...
-    let seen = std::fs::read_to_string(worker.local_dir().join("vault/seen")).unwrap();
+    let seen = std::fs::read_to_string(worker.local_dir().join("vault/work/seen")).unwrap();
     assert_eq!(seen, secret);
     // ...and nothing else did.
     let tracker = format!(

@@ -414,7 +414,7 @@ fn sha256sum(value: &str) -> String {
 
 /// Waits until the workload wrote `file` (its proof of the value it got) and returns it.
 fn proof(worker: &TestWorker, tenant: &str, file: &str, previous: Option<&str>) -> String {
-    let path = worker.local_dir().join(tenant).join(file);
+    let path = worker.local_dir().join(tenant).join("work").join(file);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(&path)
@@ -452,6 +452,12 @@ async fn secret_scan_local_provider() {
             env: vec![
                 ("SCAN_DB_PASSWORD", env_value.clone()),
                 ("RUST_LOG", LOG_LEVEL.to_string()),
+            ],
+            args: vec![
+                "--local-secret-env-allow".into(),
+                "SCAN_DB_PASSWORD".into(),
+                "--local-secret-dir".into(),
+                vault.path().display().to_string(),
             ],
             ..Default::default()
         },

@@ -3,7 +3,10 @@
 
 use std::process::Command;
 
-use compute_activities::{contract::TenantState, store};
+use compute_activities::{
+    contract::{Operation, TenantState},
+    store,
+};
 use serde_json::{Value, json};
 
 use crate::harness::{TestWorker, WorkerOpts, alive, client, spawn_worker};
@@ -129,4 +132,82 @@ async fn sweep_lists_orphans_by_default_and_removes_them_with_apply() {
     assert!(alive(kept), "a live tenant's process is left alone");
     let report = sweep(&worker.database_url(), &local_args(false), &[]);
     assert_eq!(report["orphans"], json!([]), "{report}");
+}
+
+/// Runs `compute-worker sweep` expecting it to fail: (stdout, stderr).
+fn sweep_failing(database: &str, args: &[String]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_compute-worker"))
+        .args(["sweep", "--json", "--database", database])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run compute-worker sweep");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        !out.status.success(),
+        "sweep succeeded:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+#[tokio::test]
+async fn sweep_apply_refuses_a_store_that_never_recorded_the_provider() {
+    let worker = spawn_worker("sweep-refuse", WorkerOpts::default());
+    let pid = provision(&worker, "stranger", "3102.1").await;
+    let local = vec![
+        "--local-state-dir".to_string(),
+        worker.local_dir().display().to_string(),
+    ];
+    let apply = [local.clone(), vec!["--apply".to_string()]].concat();
+
+    // A wrong --database (here a new, empty file): every process looks orphaned. A dry run
+    // may say so; --apply refuses, names the store, and removes nothing.
+    let empty = tempfile::tempdir().unwrap();
+    let empty_db = format!("sqlite://{}", empty.path().join("empty.db").display());
+    let report = sweep(&empty_db, &local, &[]);
+    assert_eq!(
+        tenants_of(&report, "orphans"),
+        [("stranger".to_string(), "tenant-unknown".to_string())],
+        "{report}"
+    );
+    let (stdout, stderr) = sweep_failing(&empty_db, &apply);
+    assert!(
+        stderr.contains(&format!(
+            "refusing to remove anything: the store {empty_db} has never recorded an \
+             execution for provider local; is --database right?"
+        )),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("removals"), "{stdout}");
+    assert!(alive(pid), "a refused sweep removes nothing");
+
+    // A store with executions of another provider only does not vouch for this one either.
+    {
+        let s = store::connect(&empty_db).await.unwrap();
+        s.begin_execution(store::NewExecution {
+            tenant_id: "elsewhere".into(),
+            operation: Operation::Delete,
+            idempotency_key: None,
+            spec_hash: store::spec_hash(None),
+            spec: None,
+            request: json!({"tenantId": "elsewhere"}),
+            timeout: std::time::Duration::from_secs(5),
+            provider: Some("ecs".into()),
+        })
+        .await
+        .unwrap();
+    }
+    let (_, stderr) = sweep_failing(&empty_db, &apply);
+    assert!(stderr.contains("refusing to remove anything"), "{stderr}");
+    assert!(alive(pid), "a refused sweep removes nothing");
+
+    // The worker's own store recorded the provider: --apply goes ahead (and finds the live
+    // tenant no orphan).
+    let report = sweep(&worker.database_url(), &apply, &[]);
+    assert_eq!(report["applied"], true, "{report}");
+    assert_eq!(report["removals"], json!([]), "{report}");
+    assert!(alive(pid));
 }

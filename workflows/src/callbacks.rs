@@ -8,6 +8,7 @@ use compute_activities::{
     ComputeActivities,
     activities::{DeliverInput, HeartbeatInput, HeartbeatOutcome},
     contract::{CallbackTarget, ComputeCallback},
+    input::raw,
 };
 use futures::FutureExt;
 use temporalio_common::RetryPolicy;
@@ -26,10 +27,10 @@ pub async fn deliver<W>(
     let outcome = ctx
         .execute_activity(
             ComputeActivities::deliver_compute_callback,
-            DeliverInput {
+            raw(&DeliverInput {
                 target: target.clone(),
                 callback,
-            },
+            }),
             crate::tracker::persistent_options(),
         )
         .await;
@@ -104,7 +105,7 @@ pub async fn with_heartbeats<W, T>(
         }
         let mut beat = pin!(ctx.execute_activity(
             ComputeActivities::heartbeat_compute_callbacks,
-            input,
+            raw(&input),
             heartbeat_options(interval),
         ));
         temporalio_sdk::workflows::select! {

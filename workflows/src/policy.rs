@@ -144,17 +144,34 @@ pub fn parse_input(input: &Value) -> Result<TenantComputeInput, ComputeError> {
                     invalid("policy.backoffCoefficient: must be a number from 1 to 100")
                 })?;
         }
-        for (name, slot) in [
-            ("initialInterval", &mut policy.initial_interval),
-            ("maximumInterval", &mut policy.maximum_interval),
-            ("callbackTimeout", &mut policy.callback_timeout),
+        // Floors, not clamps: a value out of range is refused. A callback timeout under a
+        // second would poll the store in a loop.
+        for (name, slot, floor, floor_text) in [
+            (
+                "initialInterval",
+                &mut policy.initial_interval,
+                Duration::from_millis(100),
+                "100ms",
+            ),
+            (
+                "maximumInterval",
+                &mut policy.maximum_interval,
+                Duration::from_millis(100),
+                "100ms",
+            ),
+            (
+                "callbackTimeout",
+                &mut policy.callback_timeout,
+                Duration::from_secs(1),
+                "1s",
+            ),
         ] {
             if let Some(v) = p.get(name) {
                 let field = format!("policy.{name}");
                 let d = parse_duration(&field, v)?;
-                if d < Duration::from_millis(100) || d > Duration::from_secs(7 * 24 * 3600) {
+                if d < floor || d > Duration::from_secs(7 * 24 * 3600) {
                     return Err(invalid(format!(
-                        "{field}: must be between 100ms and 7 days"
+                        "{field}: must be between {floor_text} and 7 days"
                     )));
                 }
                 *slot = d;
@@ -238,6 +255,10 @@ mod tests {
             ),
             (
                 json!({"operation": "delete", "request": {}, "policy": {"callbackTimeout": "x"}}),
+                "policy.callbackTimeout",
+            ),
+            (
+                json!({"operation": "delete", "request": {}, "policy": {"callbackTimeout": "500ms"}}),
                 "policy.callbackTimeout",
             ),
             (

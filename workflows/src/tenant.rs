@@ -14,10 +14,12 @@ use compute_activities::{
         CallbackTarget, ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus,
         Operation,
     },
+    input::{self, raw},
     names, validate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, CancellableFuture, SyncWorkflowContext,
@@ -77,6 +79,9 @@ pub struct TenantComputeView {
 #[workflow]
 pub struct TenantComputeWorkflow {
     raw_input: Value,
+    /// Why the input was refused before it could be read at all (too large, too deep, not
+    /// JSON).
+    refused: Option<ComputeError>,
     view: TenantComputeView,
     /// The request's `callback`, taken out of the request (see `run`).
     target: Option<CallbackTarget>,
@@ -120,9 +125,14 @@ impl TenantComputeWorkflow {
     /// Keeps the raw input: it is validated in `run`, so a bad input fails the workflow with
     /// `INVALID_CONFIGURATION` instead of failing its task forever.
     #[init]
-    pub fn new(_ctx: &WorkflowContextView, input: Value) -> Self {
+    pub fn new(_ctx: &WorkflowContextView, input: RawValue) -> Self {
+        let (raw_input, refused) = match input::decode(&input, "input") {
+            Ok(v) => (v, None),
+            Err(e) => (Value::Null, Some(e)),
+        };
         TenantComputeWorkflow {
-            raw_input: input,
+            raw_input,
+            refused,
             view: TenantComputeView {
                 phase: "starting".into(),
                 attempt: 1,
@@ -142,12 +152,15 @@ impl TenantComputeWorkflow {
     #[run(name = names::TENANT_COMPUTE_WORKFLOW)]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
         let ctx = &*ctx;
+        if let Some(e) = ctx.state(|s| s.refused.clone()) {
+            return Err(Self::finish_failed(ctx, e));
+        }
         let request = ctx.state(|s| s.raw_input.get("request").cloned());
         if let Some(request) = request.filter(|r| r.get("callback").is_some()) {
             let target = ctx
                 .execute_activity(
                     ComputeActivities::check_compute_callback,
-                    request,
+                    raw(&request),
                     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).build(),
                 )
                 .await
@@ -241,8 +254,8 @@ impl TenantComputeWorkflow {
 
     /// The operation under its policy, to the end.
     async fn run_policy(ctx: &WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
-        let raw = ctx.state(|s| s.raw_input.clone());
-        let input = match parse_input(&raw) {
+        let raw_input = ctx.state(|s| s.raw_input.clone());
+        let input = match parse_input(&raw_input) {
             Ok(i) => i,
             Err(e) => return Err(Self::finish_failed(ctx, e)),
         };
@@ -328,11 +341,11 @@ impl TenantComputeWorkflow {
                     if let (Some(tenant_id), Some(execution_id)) = (tenant_id, execution_id) {
                         ctx.execute_activity(
                             ComputeActivities::mark_tenant_requires_intervention,
-                            InterventionInput {
+                            raw(&InterventionInput {
                                 tenant_id,
                                 execution_id,
                                 reason: format!("{}: {}", error.code, error.message),
-                            },
+                            }),
                             read_options(&policy),
                         )
                         .await
@@ -352,7 +365,11 @@ impl TenantComputeWorkflow {
         key_attempt: u32,
     ) -> Result<ExecutionStatus, ComputeError> {
         ctx.state_mut(|s| s.view.phase = "starting".into());
-        let request = request_for_attempt(&input.request, key_attempt, ctx.workflow_id());
+        let request = raw(&request_for_attempt(
+            &input.request,
+            key_attempt,
+            ctx.workflow_id(),
+        ));
         let options = start_options(&input.policy);
         let handle: Result<ExecutionHandle, ActivityExecutionError> = match input.operation {
             Operation::Provision => {
@@ -429,7 +446,7 @@ impl TenantComputeWorkflow {
     ) -> Result<ExecutionStatus, ComputeError> {
         ctx.execute_activity(
             ComputeActivities::get_compute_execution,
-            serde_json::json!({ "executionId": execution_id }),
+            raw(&serde_json::json!({ "executionId": execution_id })),
             read_options(policy),
         )
         .await
@@ -453,7 +470,7 @@ impl TenantComputeWorkflow {
         let handle = ctx
             .execute_activity(
                 ComputeActivities::delete_tenant_compute,
-                request,
+                raw(&request),
                 start_options(&input.policy),
             )
             .await
@@ -480,9 +497,11 @@ impl TenantComputeWorkflow {
         terminate(error)
     }
 
-    fn on_callback(&mut self, payload: Value) {
-        // A malformed signal must not fail the workflow task: count it and move on.
-        let Ok(cb) = serde_json::from_value::<ComputeCallback>(payload) else {
+    fn on_callback(&mut self, payload: RawValue) {
+        // A malformed signal (anyone in the namespace can send one) must not fail the
+        // workflow task: count it and move on.
+        let Ok(cb) = input::decode_as::<ComputeCallback>(&payload, "callback signal") else {
+            tracing::warn!("Dropped a callback signal that is not a ComputeCallback.");
             self.view.duplicate_callbacks_ignored += 1;
             return;
         };
@@ -500,25 +519,25 @@ impl TenantComputeWorkflow {
 
     /// `compute-provisioned`.
     #[signal(name = names::SIGNAL_PROVISIONED)]
-    pub fn compute_provisioned(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+    pub fn compute_provisioned(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: RawValue) {
         self.on_callback(cb);
     }
 
     /// `compute-updated`.
     #[signal(name = names::SIGNAL_UPDATED)]
-    pub fn compute_updated(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+    pub fn compute_updated(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: RawValue) {
         self.on_callback(cb);
     }
 
     /// `compute-deleted`.
     #[signal(name = names::SIGNAL_DELETED)]
-    pub fn compute_deleted(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+    pub fn compute_deleted(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: RawValue) {
         self.on_callback(cb);
     }
 
     /// `compute-failed`.
     #[signal(name = names::SIGNAL_FAILED)]
-    pub fn compute_failed(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: Value) {
+    pub fn compute_failed(&mut self, _ctx: &mut SyncWorkflowContext<Self>, cb: RawValue) {
         self.on_callback(cb);
     }
 

@@ -4,24 +4,35 @@
 //! records the timeout when it passes without cancelling anything, and delivers a callback to
 //! every caller that attached, at least once. Any worker can continue it after a crash: all
 //! its state is in the workflow's history.
+//!
+//! Its input and signals come from anyone who can start or signal a workflow in the
+//! namespace, so they arrive raw and are validated here: a malformed `attach-callback` is
+//! dropped with a warning and never fails a workflow task. Before its history grows large
+//! (a day of Step Functions heartbeats every second would pass Temporal's limits), a run
+//! continues as new, handing over its targets, deliveries and deadline.
 
 // The workflow macros generate undocumented constants for every method.
 #![allow(missing_docs)]
 
-use std::{pin::pin, time::Duration};
+use std::{
+    pin::pin,
+    time::{Duration, SystemTime},
+};
 
 use compute_activities::{
-    ComputeActivities,
+    ComputeActivities, ComputeError,
     activities::{AttachCallback, HeartbeatInput, TENANT_ID_KEY, TrackerInput, WatchInput},
-    contract::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus},
+    contract::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus, Operation},
+    input::raw,
     names,
 };
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use temporalio_common::RetryPolicy;
+use temporalio_common::{RetryPolicy, data_converters::RawValue};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityOptions, CancellableFuture, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
-    WorkflowResult,
+    ActivityOptions, CancellableFuture, ContinueAsNewOptions, SyncWorkflowContext, WorkflowContext,
+    WorkflowContextView, WorkflowResult,
 };
 
 use crate::{
@@ -68,18 +79,70 @@ pub struct TrackerView {
     /// Heartbeats the targets took (Step Functions `SendTaskHeartbeat`).
     #[serde(default)]
     pub heartbeats_sent: u32,
+    /// `attach-callback` signals dropped by this run (malformed, or past the target limit).
+    #[serde(default)]
+    pub signals_dropped: u32,
+    /// Which run of the tracker this is (1, then one more after each continue-as-new).
+    #[serde(default)]
+    pub runs: u32,
+}
+
+/// The most callers one execution tells; more `attach-callback` signals are dropped (with a
+/// warning): the list lives in the workflow's state and in every query's answer.
+pub const MAX_TARGETS: usize = 100;
+
+/// How many history events a run may grow to before it continues as new, unless the input
+/// says otherwise: well under Temporal's warning (10,240 events) and limit (51,200).
+pub const DEFAULT_MAX_HISTORY_EVENTS: u32 = 5_000;
+
+/// What a run hands over to the next when it continues as new.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Carried {
+    targets: Vec<CallbackTarget>,
+    deliveries: Vec<CarriedDelivery>,
+    status: Option<ExecutionStatus>,
+    heartbeats_sent: u32,
+    heartbeat_finished: Vec<CallbackTarget>,
+    /// When the execution times out (milliseconds since the epoch, workflow time).
+    deadline_ms: Option<u64>,
+    /// The timeout was already reported.
+    timed_out: bool,
+    /// Runs before this one.
+    runs: u32,
+}
+
+/// A delivery with its target (the record alone never carries the target: queries show it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CarriedDelivery {
+    record: DeliveryRecord,
+    target: Option<CallbackTarget>,
 }
 
 /// The tracker workflow.
 #[workflow]
 pub struct ComputeExecutionTracker {
     input: TrackerInput,
+    /// Why the input was refused (the run fails with it at once).
+    refused: Option<ComputeError>,
     targets: Vec<CallbackTarget>,
     status: Option<ExecutionStatus>,
     deliveries: Vec<DeliveryRecord>,
     heartbeats_sent: u32,
     /// Targets that take no more heartbeats (their token was used or expired).
     heartbeat_finished: Vec<CallbackTarget>,
+    deadline_ms: Option<u64>,
+    timed_out: bool,
+    runs: u32,
+    /// `attach-callback` signals dropped because they were malformed or over the limit.
+    signals_dropped: u32,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Retried until it succeeds (bounded backoff, no attempt limit): losing a completion is
@@ -107,16 +170,86 @@ pub(crate) fn persistent_options() -> ActivityOptions {
 
 #[workflow_methods]
 impl ComputeExecutionTracker {
-    /// Starts with no targets: they arrive by `attach-callback` (the first with the start).
+    /// Starts with no targets: they arrive by `attach-callback` (the first with the start),
+    /// or with what an earlier run handed over.
     #[init]
-    pub fn new(_ctx: &WorkflowContextView, input: TrackerInput) -> Self {
+    pub fn new(_ctx: &WorkflowContextView, input: RawValue) -> Self {
+        let (input, refused) = match TrackerInput::from_raw(&input) {
+            Ok(i) => (i, None),
+            Err(e) => (
+                TrackerInput {
+                    execution_id: String::new(),
+                    tenant_id: String::new(),
+                    operation: Operation::Provision,
+                    timeout_ms: 0,
+                    max_history_events: 0,
+                    carried: None,
+                },
+                Some(e),
+            ),
+        };
+        let carried = match input.carried.clone().map(serde_json::from_value::<Carried>) {
+            None => Ok(Carried::default()),
+            Some(Ok(c)) if c.targets.len() <= MAX_TARGETS => Ok(c),
+            Some(_) => Err(ComputeError::invalid(
+                "input.carried: not what a tracker hands over",
+            )),
+        };
+        let (carried, refused) = match (carried, refused) {
+            (Ok(c), r) => (c, r),
+            (Err(e), r) => (Carried::default(), r.or(Some(e))),
+        };
         ComputeExecutionTracker {
             input,
-            targets: Vec::new(),
-            status: None,
-            deliveries: Vec::new(),
-            heartbeats_sent: 0,
-            heartbeat_finished: Vec::new(),
+            refused,
+            targets: carried.targets,
+            status: carried.status,
+            deliveries: carried
+                .deliveries
+                .into_iter()
+                .map(|d| DeliveryRecord {
+                    target_key: d.target,
+                    ..d.record
+                })
+                .collect(),
+            heartbeats_sent: carried.heartbeats_sent,
+            heartbeat_finished: carried.heartbeat_finished,
+            deadline_ms: carried.deadline_ms,
+            timed_out: carried.timed_out,
+            runs: carried.runs,
+            signals_dropped: 0,
+        }
+    }
+
+    /// The input of the next run: everything this one knows.
+    fn hand_over(&self) -> TrackerInput {
+        let carried = Carried {
+            targets: self.targets.clone(),
+            deliveries: self
+                .deliveries
+                .iter()
+                .map(|d| CarriedDelivery {
+                    record: d.clone(),
+                    target: d.target_key.clone(),
+                })
+                .collect(),
+            status: self.status.clone(),
+            heartbeats_sent: self.heartbeats_sent,
+            heartbeat_finished: self.heartbeat_finished.clone(),
+            deadline_ms: self.deadline_ms,
+            timed_out: self.timed_out,
+            runs: self.runs + 1,
+        };
+        TrackerInput {
+            carried: serde_json::to_value(carried).ok(),
+            ..self.input.clone()
+        }
+    }
+
+    fn history_limit(&self) -> u32 {
+        match self.input.max_history_events {
+            0 => DEFAULT_MAX_HISTORY_EVENTS,
+            n => n,
         }
     }
 
@@ -125,22 +258,44 @@ impl ComputeExecutionTracker {
     #[run(name = names::TRACKER_WORKFLOW)]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
         let ctx = &*ctx;
+        if let Some(e) = ctx.state(|s| s.refused.clone()) {
+            return Err(terminate(e));
+        }
+        let limit = ctx.state(Self::history_limit);
         // Heartbeats go on while a completion is being retried: a Step Functions task with
         // `HeartbeatSeconds` would time out while its target is briefly down.
-        with_heartbeats(
-            ctx,
-            Self::heartbeat_subject,
-            |s, outcome| {
-                s.heartbeats_sent += outcome.sent;
-                s.heartbeat_finished.extend(outcome.finished);
-            },
-            async {
-                let status = Self::watch_to_end(ctx).await?;
-                Self::deliver_all(ctx, &status).await;
-                Ok(status)
-            },
-        )
-        .await
+        let mut work = pin!(
+            with_heartbeats(
+                ctx,
+                Self::heartbeat_subject,
+                |s, outcome| {
+                    s.heartbeats_sent += outcome.sent;
+                    s.heartbeat_finished.extend(outcome.finished);
+                },
+                async {
+                    let status = Self::watch_to_end(ctx).await?;
+                    Self::deliver_all(ctx, &status).await;
+                    Ok(status)
+                },
+            )
+            .fuse()
+        );
+        // Whatever is in flight when the history is long enough is safe to drop: a watch
+        // records what it saw in the store before it returns (the next run reads it back),
+        // and a delivery not recorded here is sent again (at least once; Temporal drops a
+        // repeated signal by its request id).
+        temporalio_sdk::workflows::select! {
+            out = work => out,
+            _ = ctx.wait_condition(|_| {
+                ctx.history_length() >= limit || ctx.continue_as_new_suggested()
+            }).fuse() => {
+                let next = ctx.state(Self::hand_over);
+                match ctx.continue_as_new(raw(&next), ContinueAsNewOptions::default()) {
+                    Err(t) => Err(t),
+                    Ok(never) => match never {},
+                }
+            }
+        }
     }
 
     /// The targets to heartbeat: those that asked and have not been told anything yet.
@@ -173,24 +328,35 @@ impl ComputeExecutionTracker {
         let first = ctx
             .execute_activity(
                 ComputeActivities::get_compute_execution,
-                serde_json::json!({ "executionId": input.execution_id }),
+                raw(&serde_json::json!({ "executionId": input.execution_id })),
                 persistent_options(),
             )
             .await
             .map_err(|e| terminate(compute_error_of(&e)))?;
         ctx.state_mut(|s| s.status = Some(first.clone()));
 
-        let mut timer = ctx.timer(Duration::from_millis(input.timeout_ms.max(1)));
-        let mut timer_live = true;
+        // The deadline is fixed by the first run; later runs wait only for what is left.
+        let now_ms = ctx.workflow_time().map(millis).unwrap_or(0);
+        let deadline_ms = ctx.state_mut(|s| {
+            *s.deadline_ms
+                .get_or_insert(now_ms.saturating_add(input.timeout_ms))
+        });
+        let mut timer = ctx.timer(Duration::from_millis(
+            deadline_ms.saturating_sub(now_ms).max(1),
+        ));
+        let mut timer_live = !ctx.state(|s| s.timed_out);
+        if !timer_live {
+            timer.cancel();
+        }
         let mut status = first;
         while !status.state.is_final() {
             let known_progress = status.progress.clone();
             let mut watch = pin!(ctx.execute_activity(
                 ComputeActivities::watch_compute_execution,
-                WatchInput {
+                raw(&WatchInput {
                     execution_id: input.execution_id.clone(),
                     known_progress,
-                },
+                }),
                 watch_options(),
             ));
             let first_done = if timer_live {
@@ -209,12 +375,15 @@ impl ComputeExecutionTracker {
                     let timed_out = ctx
                         .execute_activity(
                             ComputeActivities::mark_compute_execution_timed_out,
-                            input.execution_id.clone(),
+                            raw(&input.execution_id),
                             persistent_options(),
                         )
                         .await
                         .map_err(|e| terminate(compute_error_of(&e)))?;
-                    ctx.state_mut(|s| s.status = Some(timed_out.clone()));
+                    ctx.state_mut(|s| {
+                        s.status = Some(timed_out.clone());
+                        s.timed_out = true;
+                    });
                     if timed_out.state == ExecutionState::TimedOut {
                         Self::deliver_all(ctx, &timed_out).await;
                     }
@@ -258,26 +427,43 @@ impl ComputeExecutionTracker {
                 }
             });
             let callback = ComputeCallback::from_status(status, sequence);
-            let sends = pending
-                .into_iter()
-                .map(|target| deliver(ctx, target, callback.clone()));
-            let records = temporalio_sdk::workflows::join_all(sends).await;
-            ctx.state_mut(|s| s.deliveries.extend(records));
+            // Each delivery is recorded as it ends, not when the last one does: a run that
+            // continues as new meanwhile hands over every delivery already made, so the next
+            // run sends only what is left.
+            let sends = pending.into_iter().map(|target| {
+                let callback = callback.clone();
+                async move {
+                    let record = deliver(ctx, target, callback).await;
+                    ctx.state_mut(|s| s.deliveries.push(record));
+                }
+            });
+            temporalio_sdk::workflows::join_all(sends).await;
         }
     }
 
-    /// `attach-callback`: one more caller to tell (duplicates are ignored).
+    /// `attach-callback`: one more caller to tell (duplicates are ignored). Anyone in the
+    /// namespace can send it: a payload that is not a valid target is dropped with a warning
+    /// (never its content), and so is a target past [`MAX_TARGETS`].
     #[signal(name = names::SIGNAL_ATTACH_CALLBACK)]
-    pub fn attach_callback(
-        &mut self,
-        _ctx: &mut SyncWorkflowContext<Self>,
-        attach: AttachCallback,
-    ) {
-        if let Some(target) = attach.target
-            && !self.targets.contains(&target)
-        {
-            self.targets.push(target);
+    pub fn attach_callback(&mut self, _ctx: &mut SyncWorkflowContext<Self>, attach: RawValue) {
+        let target = match AttachCallback::from_raw(&attach) {
+            Ok(a) => a.target,
+            Err(e) => {
+                self.signals_dropped += 1;
+                tracing::warn!(execution_id = %self.input.execution_id, reason = %e.message, "Dropped a malformed attach-callback signal.");
+                return;
+            }
+        };
+        let Some(target) = target else { return };
+        if self.targets.contains(&target) {
+            return;
         }
+        if self.targets.len() >= MAX_TARGETS {
+            self.signals_dropped += 1;
+            tracing::warn!(execution_id = %self.input.execution_id, limit = MAX_TARGETS, "Dropped an attach-callback signal: the execution has as many callers as it takes.");
+            return;
+        }
+        self.targets.push(target);
     }
 
     /// `status`: the execution's status and the deliveries so far.
@@ -289,6 +475,8 @@ impl ComputeExecutionTracker {
             targets: self.targets.iter().map(CallbackTarget::describe).collect(),
             callbacks: self.deliveries.clone(),
             heartbeats_sent: self.heartbeats_sent,
+            signals_dropped: self.signals_dropped,
+            runs: self.runs + 1,
         }
     }
 }

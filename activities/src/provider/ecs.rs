@@ -5,7 +5,8 @@
 //! and passes a `clientToken` derived from the execution id (real ECS honours it; moto does
 //! not, so the look-up is what keeps a retry from making a second service there). Tracking
 //! goes through one [`Observer`] per worker that batches `DescribeServices` (10 services a
-//! call) for every in-flight execution.
+//! call) for every in-flight execution. Every AWS call has an operation and an attempt
+//! timeout, so a hung call cannot stall that observer.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,6 +40,10 @@ use crate::{
 const PROVIDER: &str = "ecs";
 const CONTAINER: &str = "app";
 const SPEC_HASH_TAG: &str = "compute-worker/spec-hash";
+/// Stands for the tenant's id in [`EcsConfig::secret_arn_prefixes`].
+pub const TENANT_PLACEHOLDER: &str = "{tenantId}";
+/// The connect timeout of every AWS call (capped at the attempt timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// ECS provider settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +67,14 @@ pub struct EcsConfig {
     pub log_group: Option<String>,
     /// How often the shared observer describes the in-flight services.
     pub observe_interval_ms: u64,
+    /// The ARN prefixes a secret's `valueFrom` must start with (`{tenantId}` in one stands
+    /// for the tenant's id). Empty: the worker's own account and region, any SSM parameter
+    /// or Secrets Manager secret (the account is asked of STS at start).
+    pub secret_arn_prefixes: Vec<String>,
+    /// The longest one AWS call may take, its attempts together.
+    pub call_timeout_ms: u64,
+    /// The longest one attempt of an AWS call may take.
+    pub attempt_timeout_ms: u64,
 }
 
 impl Default for EcsConfig {
@@ -76,8 +89,104 @@ impl Default for EcsConfig {
             task_role_arn: None,
             log_group: None,
             observe_interval_ms: 5000,
+            secret_arn_prefixes: Vec::new(),
+            call_timeout_ms: 30_000,
+            attempt_timeout_ms: 10_000,
         }
     }
+}
+
+impl EcsConfig {
+    /// Checks the settings a provider cannot work with, at start.
+    pub fn check(&self) -> Result<()> {
+        if self.launch_type != "FARGATE" && self.launch_type != "EC2" {
+            return Err(ComputeError::invalid(
+                "--ecs-launch-type must be FARGATE or EC2",
+            ));
+        }
+        if self.attempt_timeout_ms == 0 || self.call_timeout_ms < self.attempt_timeout_ms {
+            return Err(ComputeError::invalid(
+                "--ecs-attempt-timeout must be more than zero and --ecs-call-timeout at least \
+                 as long",
+            ));
+        }
+        for prefix in &self.secret_arn_prefixes {
+            check_secret_arn_prefix(prefix)?;
+        }
+        Ok(())
+    }
+
+    /// The timeouts of every AWS call.
+    pub fn timeouts(&self) -> aws_config::timeout::TimeoutConfig {
+        let attempt = Duration::from_millis(self.attempt_timeout_ms);
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(attempt))
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(Duration::from_millis(self.call_timeout_ms))
+            .build()
+    }
+}
+
+/// Checks one configured `valueFrom` prefix: a full ARN up to and including the account, so
+/// a prefix cannot open every account or region by accident.
+fn check_secret_arn_prefix(prefix: &str) -> Result<()> {
+    let invalid = || {
+        ComputeError::invalid(
+            "--ecs-secret-arn-prefix: each prefix must be an SSM or Secrets Manager ARN up to \
+             its account and ':' at least (arn:aws:ssm:us-east-1:123456789012:parameter/...), \
+             with {tenantId} at most once, in the name and followed by '/', ':', '.' or '_'",
+        )
+    };
+    let parts: Vec<&str> = prefix.splitn(6, ':').collect();
+    let [arn, partition, service, region, account, name] = parts[..] else {
+        return Err(invalid());
+    };
+    let header_ok = arn == "arn"
+        && partition.starts_with("aws")
+        && matches!(service, "ssm" | "secretsmanager")
+        // A prefix is literal: a region such as `*` would match nothing, silently.
+        && !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !prefix.chars().any(char::is_whitespace);
+    let placeholder_ok = match name.matches(TENANT_PLACEHOLDER).count() {
+        0 => true,
+        1 => name
+            .split_once(TENANT_PLACEHOLDER)
+            .is_some_and(|(_, after)| after.starts_with(['/', ':', '.', '_'])),
+        _ => false,
+    };
+    if header_ok && placeholder_ok && !prefix[..prefix.len() - name.len()].contains('{') {
+        Ok(())
+    } else {
+        Err(invalid())
+    }
+}
+
+/// The default secret scope: the worker's own account and region, any SSM parameter or
+/// Secrets Manager secret.
+pub fn default_secret_arn_prefixes(partition: &str, region: &str, account: &str) -> Vec<String> {
+    vec![
+        format!("arn:{partition}:ssm:{region}:{account}:parameter/"),
+        format!("arn:{partition}:secretsmanager:{region}:{account}:secret:"),
+    ]
+}
+
+/// Whether `value_from` is under `prefix` for the tenant.
+fn under_prefix(prefix: &str, tenant_id: &str, value_from: &str) -> bool {
+    let Some((before, after)) = prefix.split_once(TENANT_PLACEHOLDER) else {
+        return value_from.starts_with(prefix);
+    };
+    // A tenant id is letters, digits and '-': only a separator after it keeps tenant `ab`'s
+    // prefix from being tenant `abc`'s too.
+    after.starts_with(['/', ':', '.', '_'])
+        && value_from
+            .strip_prefix(before)
+            .and_then(|r| r.strip_prefix(tenant_id))
+            .is_some_and(|r| r.starts_with(after))
 }
 
 /// The service name of a tenant.
@@ -207,6 +316,11 @@ fn service_error_code<E: ProvideErrorMetadata + std::error::Error>(err: &E) -> (
     )
 }
 
+/// Whether a `ClientException`'s message is ECS's "Too many concurrent attempts ...".
+fn is_concurrency_limit(message: &str) -> bool {
+    message.starts_with("Too many concurrent attempts")
+}
+
 /// The table from ECS's error names (and HTTP status) to our codes.
 pub fn classify_code(
     what: &str,
@@ -232,6 +346,12 @@ pub fn classify_code(
         | "InternalError" => (
             ErrorCode::ProviderTemporarilyUnavailable,
             format!("{what}: ECS failed ({code})"),
+        ),
+        // ECS answers concurrent RegisterTaskDefinition calls of one family with a plain
+        // ClientException: it is load, not a bad request.
+        "ClientException" if is_concurrency_limit(message) => (
+            ErrorCode::Throttled,
+            format!("{what}: ECS is throttling concurrent changes: {message}"),
         ),
         "ClusterNotFoundException" => (
             ErrorCode::InvalidConfiguration,
@@ -431,30 +551,43 @@ impl EcsProvider {
     /// Builds the provider from the standard AWS configuration chain (credentials, region,
     /// `AWS_ENDPOINT_URL_ECS` / `AWS_ENDPOINT_URL`).
     pub async fn new(config: EcsConfig) -> Result<Self> {
-        if config.launch_type != "FARGATE" && config.launch_type != "EC2" {
-            return Err(ComputeError::invalid(
-                "--ecs-launch-type must be FARGATE or EC2",
-            ));
-        }
+        config.check()?;
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(config.timeouts())
             .load()
             .await;
+        Self::from_sdk(&sdk, config).await
+    }
+
+    /// Builds the provider from an AWS configuration: ECS and EC2 clients with the
+    /// configured timeouts, and (with no configured prefixes) the default secret scope from
+    /// the SDK's region and STS's account.
+    pub async fn from_sdk(sdk: &aws_config::SdkConfig, mut config: EcsConfig) -> Result<Self> {
+        config.check()?;
+        let timeouts = config.timeouts();
+        if config.secret_arn_prefixes.is_empty() {
+            config.secret_arn_prefixes = own_account_prefixes(sdk, &timeouts).await?;
+        }
+        tracing::info!(prefixes = ?config.secret_arn_prefixes, "ECS secrets may come from these ARN prefixes.");
         // Retries belong to the activity layer, where each failure is classified, recorded
         // in the execution's history and given the delay ECS asked for; SDK-level retries
         // would hide throttling and resend a create whose answer was lost.
-        let conf = aws_sdk_ecs::config::Builder::from(&sdk)
+        let conf = aws_sdk_ecs::config::Builder::from(sdk)
             .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts.clone())
             .build();
         let client = Client::from_conf(conf);
-        let ec2_conf = aws_sdk_ec2::config::Builder::from(&sdk)
+        let ec2_conf = aws_sdk_ec2::config::Builder::from(sdk)
             .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts)
             .build();
         let mut provider = Self::with_client(client, config);
         provider.ec2 = Some(aws_sdk_ec2::Client::from_conf(ec2_conf));
         Ok(provider)
     }
 
-    /// Builds the provider over a given client (tests).
+    /// Builds the provider over a given client (tests). The secret scope is
+    /// `config.secret_arn_prefixes` as given: empty allows no secret at all.
     pub fn with_client(client: Client, config: EcsConfig) -> Self {
         let observer = Observer::new(
             client.clone(),
@@ -473,6 +606,26 @@ impl EcsProvider {
     /// The shared observer (for the benchmark's call count).
     pub fn observer(&self) -> &Arc<Observer> {
         &self.observer
+    }
+
+    /// Checks that every secret's `valueFrom` is under one of the allowed prefixes.
+    pub fn check_secrets(&self, tenant_id: &str, spec: &ComputeSpec) -> Result<()> {
+        for (i, s) in spec.secrets.iter().enumerate() {
+            let allowed = s.value_from.as_deref().is_some_and(|v| {
+                self.config
+                    .secret_arn_prefixes
+                    .iter()
+                    .any(|p| under_prefix(p, tenant_id, v))
+            });
+            if !allowed {
+                return Err(ComputeError::invalid(format!(
+                    "spec.secrets[{i}].valueFrom: must be under an ARN prefix the operator \
+                     allowed (--ecs-secret-arn-prefix; by default, an SSM parameter or Secrets \
+                     Manager secret of the worker's own account and region)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The ECS provider's own checks: an image, and secrets as SSM / Secrets Manager references.
@@ -620,10 +773,9 @@ impl EcsProvider {
             }
             // A family that does not exist yet is described as a ClientException.
             Err(e)
-                if e.as_service_error()
-                    .map(|s| service_error_code(s).0)
-                    .as_deref()
-                    == Some("ClientException") => {}
+                if e.as_service_error().map(service_error_code).is_some_and(
+                    |(code, message)| code == "ClientException" && !is_concurrency_limit(&message),
+                ) => {}
             Err(e) => return Err(classify("DescribeTaskDefinition", &e, &self.config.cluster)),
         }
         let mut tags = self.tags(op, metadata);
@@ -842,6 +994,47 @@ impl EcsProvider {
     }
 }
 
+/// The default secret scope, from the SDK's region and the account and partition STS
+/// names for the worker's credentials.
+async fn own_account_prefixes(
+    sdk: &aws_config::SdkConfig,
+    timeouts: &aws_config::timeout::TimeoutConfig,
+) -> Result<Vec<String>> {
+    const HINT: &str = "set --ecs-secret-arn-prefix to the ARN prefixes tenants' secrets may \
+                        come from";
+    let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
+        ComputeError::invalid(format!(
+            "the ECS provider has no AWS region (AWS_REGION) to scope secrets to the worker's \
+             own region: {HINT}"
+        ))
+    })?;
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(sdk)
+            .timeout_config(timeouts.clone())
+            .build(),
+    );
+    let identity = sts.get_caller_identity().send().await.map_err(|e| {
+        ComputeError::invalid(format!(
+            "the ECS provider could not learn the worker's AWS account from STS \
+             GetCallerIdentity to scope secrets to it: {HINT}"
+        ))
+        .with_provider(PROVIDER, Some(e.code().unwrap_or("GetCallerIdentity")))
+        .with_root_cause(aws_sdk_sts::error::DisplayErrorContext(&e))
+    })?;
+    let account = identity.account().unwrap_or_default();
+    // The partition (aws, aws-cn, aws-us-gov, ...) is the caller ARN's second field.
+    let partition = identity
+        .arn()
+        .and_then(|a| a.split(':').nth(1))
+        .unwrap_or_default();
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) || partition.is_empty() {
+        return Err(ComputeError::invalid(format!(
+            "STS GetCallerIdentity named no usable account and partition: {HINT}"
+        )));
+    }
+    Ok(default_secret_arn_prefixes(partition, &region, account))
+}
+
 /// The tags a request's metadata asks for (labels, owner, environment).
 fn metadata_tags(op: &OperationContext) -> BTreeMap<String, String> {
     let mut tags = op.metadata.labels.clone();
@@ -860,8 +1053,9 @@ impl ComputeProvider for EcsProvider {
         PROVIDER
     }
 
-    fn validate(&self, spec: &ComputeSpec) -> Result<()> {
-        Self::validate_spec(spec)
+    fn validate(&self, tenant_id: &str, spec: &ComputeSpec) -> Result<()> {
+        Self::validate_spec(spec)?;
+        self.check_secrets(tenant_id, spec)
     }
 
     async fn provision(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<ResourceIds> {
@@ -1616,6 +1810,286 @@ mod tests {
         let e = classify_code("DescribeServices", "RESOURCE:MEMORY", "", 200, "c");
         assert_eq!(e.code, ErrorCode::InsufficientCapacity);
         assert!(e.retriable);
+    }
+
+    const ACCOUNT: &str = "123456789012";
+
+    fn with_secrets(value_froms: &[&str]) -> ComputeSpec {
+        ComputeSpec {
+            secrets: value_froms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| crate::contract::SecretRef {
+                    name: format!("S{i}"),
+                    value_from: Some(v.to_string()),
+                    secret_key_ref: None,
+                })
+                .collect(),
+            ..spec()
+        }
+    }
+
+    /// A provider allowing `prefixes`, on a client that is never called.
+    fn scoped(prefixes: Vec<String>) -> EcsProvider {
+        let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, []);
+        EcsProvider::with_client(
+            client,
+            EcsConfig {
+                secret_arn_prefixes: prefixes,
+                ..config()
+            },
+        )
+    }
+
+    /// The refusal of `value_from` for `tenant`, or `None` when it is allowed.
+    fn refusal(provider: &EcsProvider, tenant: &str, value_from: &str) -> Option<ComputeError> {
+        let e = provider
+            .validate(tenant, &with_secrets(&[value_from]))
+            .err()?;
+        assert_eq!(e.code, ErrorCode::InvalidConfiguration);
+        assert!(!e.retriable);
+        assert!(
+            e.message.starts_with("spec.secrets[0].valueFrom: "),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains(value_from), "repeats the ARN: {e}");
+        Some(e)
+    }
+
+    #[tokio::test]
+    async fn secrets_default_to_the_workers_own_account_and_region() {
+        let provider = scoped(default_secret_arn_prefixes("aws", "us-east-1", ACCOUNT));
+        for allowed in [
+            "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/x",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf:password::",
+        ] {
+            assert!(refusal(&provider, "acme", allowed).is_none(), "{allowed}");
+        }
+        for refused in [
+            // Another account, another region, another partition.
+            "arn:aws:ssm:us-east-1:210987654321:parameter/prod/db",
+            "arn:aws:secretsmanager:us-east-1:210987654321:secret:db-AbCdEf",
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/prod/db",
+            "arn:aws-cn:ssm:us-east-1:123456789012:parameter/prod/db",
+            // Another service, or another kind of resource of the same.
+            "arn:aws:kms:us-east-1:123456789012:key/1234",
+            "arn:aws:ssm:us-east-1:123456789012:document/x",
+            // The account spelled with more digits after ours.
+            "arn:aws:ssm:us-east-1:1234567890123:parameter/x",
+        ] {
+            assert!(refusal(&provider, "acme", refused).is_some(), "{refused}");
+        }
+        // The index names the secret refused.
+        let e = provider
+            .validate(
+                "acme",
+                &with_secrets(&[
+                    "arn:aws:ssm:us-east-1:123456789012:parameter/ok",
+                    "arn:aws:ssm:us-east-1:210987654321:parameter/no",
+                ]),
+            )
+            .unwrap_err();
+        assert!(e.message.starts_with("spec.secrets[1].valueFrom"), "{e}");
+        // Without prefixes (a provider over a bare client), nothing is allowed.
+        assert!(
+            refusal(
+                &scoped(Vec::new()),
+                "acme",
+                "arn:aws:ssm:us-east-1:123456789012:parameter/x"
+            )
+            .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn configured_secret_prefixes_replace_the_default() {
+        let provider = scoped(vec![
+            "arn:aws:ssm:eu-west-1:210987654321:parameter/shared/".into(),
+            "arn:aws:secretsmanager:eu-west-1:210987654321:secret:tenants/{tenantId}/".into(),
+        ]);
+        for allowed in [
+            "arn:aws:ssm:eu-west-1:210987654321:parameter/shared/db",
+            "arn:aws:secretsmanager:eu-west-1:210987654321:secret:tenants/acme/db-AbCdEf",
+        ] {
+            assert!(refusal(&provider, "acme", allowed).is_none(), "{allowed}");
+        }
+        for refused in [
+            // The worker's own account is no longer implied.
+            "arn:aws:ssm:us-east-1:123456789012:parameter/shared/db",
+            "arn:aws:ssm:eu-west-1:210987654321:parameter/private/db",
+            // Another tenant's, including one whose id extends ours.
+            "arn:aws:secretsmanager:eu-west-1:210987654321:secret:tenants/other/db",
+            "arn:aws:secretsmanager:eu-west-1:210987654321:secret:tenants/acme-corp/db",
+            "arn:aws:secretsmanager:eu-west-1:210987654321:secret:tenants/acmecorp/db",
+        ] {
+            assert!(refusal(&provider, "acme", refused).is_some(), "{refused}");
+        }
+        assert!(
+            refusal(
+                &provider,
+                "acme-corp",
+                "arn:aws:secretsmanager:eu-west-1:210987654321:secret:tenants/acme-corp/db"
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn secret_prefix_configuration_is_checked() {
+        let check = |p: &str| {
+            EcsConfig {
+                secret_arn_prefixes: vec![p.into()],
+                ..EcsConfig::default()
+            }
+            .check()
+        };
+        for good in [
+            "arn:aws:ssm:us-east-1:123456789012:",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/prod/",
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/t/{tenantId}/",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:{tenantId}_",
+        ] {
+            assert!(check(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "arn:",
+            "arn:aws:ssm:",
+            "arn:aws:ssm:us-east-1:123456789012",
+            "arn:aws:ssm::123456789012:parameter/",
+            "arn:aws:s3:us-east-1:123456789012:bucket",
+            "arn:aws:ssm:*:123456789012:parameter/",
+            "arn:aws:ssm:us-east-1:{tenantId}:parameter/",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/{tenantId}",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/{tenantId}-",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/{tenantId}/{tenantId}/",
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert!(
+                e.message.starts_with("--ecs-secret-arn-prefix"),
+                "{bad}: {e}"
+            );
+        }
+        let e = EcsConfig {
+            attempt_timeout_ms: 40_000,
+            ..EcsConfig::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.message.contains("--ecs-call-timeout"), "{e}");
+        assert!(EcsConfig::default().check().is_ok());
+    }
+
+    #[tokio::test]
+    async fn too_many_concurrent_attempts_is_throttling() {
+        use aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionError;
+        let describe = mock!(Client::describe_services).then_output(no_service);
+        let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+        let register = mock!(Client::register_task_definition).then_error(|| {
+            RegisterTaskDefinitionError::ClientException(
+                ClientException::builder()
+                    .message(
+                        "Too many concurrent attempts to create a new revision of the \
+                         specified family.",
+                    )
+                    .build(),
+            )
+        });
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register]
+        );
+        let provider = EcsProvider::with_client(client, config());
+        let e = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Throttled, "{e:?}");
+        assert!(e.retriable);
+        assert!(e.retry_after_ms.is_some());
+        assert_eq!(e.provider_code.as_deref(), Some("ClientException"));
+        // Any other ClientException is still the request's fault.
+        let other = classify_code("RegisterTaskDefinition", "ClientException", "bad", 400, "c");
+        assert_eq!(other.code, ErrorCode::InvalidConfiguration);
+    }
+
+    /// A TCP server that accepts connections and never answers; its address.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn sdk_to(endpoint: &str, config: &EcsConfig) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ))
+            .timeout_config(config.timeouts())
+            .load()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_times_out_as_retriable() {
+        let endpoint = silent_server().await;
+        let config = EcsConfig {
+            secret_arn_prefixes: vec!["arn:aws:ssm:us-east-1:123456789012:parameter/".into()],
+            call_timeout_ms: 600,
+            attempt_timeout_ms: 300,
+            ..config()
+        };
+        // The loader's timeouts are left at the SDK's defaults: the provider sets its own.
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ))
+            .load()
+            .await;
+        let provider = EcsProvider::from_sdk(&sdk, config).await.unwrap();
+        let started = std::time::Instant::now();
+        let e = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.code, ErrorCode::ProviderTemporarilyUnavailable, "{e:?}");
+        assert!(e.retriable);
+        assert_eq!(e.provider_code.as_deref(), Some("TimeoutError"));
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn without_prefixes_a_failed_account_lookup_stops_the_start() {
+        let endpoint = silent_server().await;
+        let config = EcsConfig {
+            call_timeout_ms: 600,
+            attempt_timeout_ms: 300,
+            ..config()
+        };
+        let sdk = sdk_to(&endpoint, &config).await;
+        let started = std::time::Instant::now();
+        let Err(e) = EcsProvider::from_sdk(&sdk, config).await else {
+            panic!("the provider started without knowing its account");
+        };
+        assert!(e.message.contains("--ecs-secret-arn-prefix"), "{e}");
+        assert!(e.message.contains("GetCallerIdentity"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

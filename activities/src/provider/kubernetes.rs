@@ -10,6 +10,8 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
+    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -23,9 +25,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, ReplicaSet},
         core::v1::{
-            Container, ContainerPort, EnvVar, EnvVarSource, Namespace, Pod, PodSpec,
-            PodTemplateSpec, ResourceRequirements, SecretKeySelector, Service, ServicePort,
-            ServiceSpec,
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Namespace, Pod,
+            PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+            SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -70,6 +72,55 @@ const OWNER_ANNOTATION: &str = "compute-worker/owner";
 const ENVIRONMENT_ANNOTATION: &str = "compute-worker/environment";
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 const CONTAINER: &str = "workload";
+/// Stands for the tenant's id in [`KubernetesConfig::secret_name_prefix`].
+pub const TENANT_PLACEHOLDER: &str = "{tenantId}";
+/// The prefix of the Secrets a tenant may reference in a shared namespace, unless the
+/// operator configures another.
+pub const DEFAULT_SECRET_NAME_PREFIX: &str = "tenant-{tenantId}-";
+
+/// The security profile every tenant pod runs under (`--k8s-pod-security`), after the
+/// Kubernetes Pod Security Standards of the same names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurity {
+    /// No privilege escalation, `RuntimeDefault` seccomp, nothing privileged and no host
+    /// namespaces: what common images (nginx, most language runtimes) still run under.
+    #[default]
+    Baseline,
+    /// Baseline, plus `runAsNonRoot` and every capability dropped: images must run as a
+    /// non-root user.
+    Restricted,
+}
+
+impl PodSecurity {
+    /// The profile's name, as `--k8s-pod-security` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Restricted => "restricted",
+        }
+    }
+}
+
+impl fmt::Display for PodSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PodSecurity {
+    type Err = ComputeError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "baseline" => Ok(PodSecurity::Baseline),
+            "restricted" => Ok(PodSecurity::Restricted),
+            _ => Err(ComputeError::invalid(
+                "--k8s-pod-security must be baseline or restricted",
+            )),
+        }
+    }
+}
 
 /// Kubernetes provider settings. The cluster itself comes from `KUBECONFIG` (or
 /// `~/.kube/config`, or the in-cluster service account), as kube's `Client::try_default`.
@@ -85,6 +136,13 @@ pub struct KubernetesConfig {
     pub progress_deadline_seconds: i32,
     /// How long one observation waits for a watch event before reporting progress.
     pub observe_window_ms: u64,
+    /// The prefix the Secret of every `secretKeyRef` must start with (`{tenantId}` in it
+    /// stands for the tenant's id). Unset: [`DEFAULT_SECRET_NAME_PREFIX`], or any Secret
+    /// with `namespace_per_tenant`, whose namespace is the tenant's alone. Secrets are
+    /// always the tenant's namespace's: a `secretKeyRef` cannot name another.
+    pub secret_name_prefix: Option<String>,
+    /// The security context of every tenant pod.
+    pub pod_security: PodSecurity,
 }
 
 impl Default for KubernetesConfig {
@@ -94,6 +152,51 @@ impl Default for KubernetesConfig {
             namespace_per_tenant: false,
             progress_deadline_seconds: 600,
             observe_window_ms: 5000,
+            secret_name_prefix: None,
+            pod_security: PodSecurity::Baseline,
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// Checks the settings a provider cannot work with, at start.
+    pub fn check(&self) -> Result<()> {
+        let Some(prefix) = &self.secret_name_prefix else {
+            return Ok(());
+        };
+        let invalid = |why: &str| {
+            Err(ComputeError::invalid(format!(
+                "--k8s-secret-name-prefix: {why}"
+            )))
+        };
+        if prefix.is_empty() {
+            return invalid(
+                "must not be empty (with --k8s-namespace-per-tenant, leave it unset to allow \
+                 any Secret of the tenant's namespace)",
+            );
+        }
+        if !prefix
+            .replace(TENANT_PLACEHOLDER, "a")
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+        {
+            return invalid(
+                "may hold only lowercase letters, digits, '-', '.' and {tenantId}, as a \
+                 Secret's name does",
+            );
+        }
+        match prefix.matches(TENANT_PLACEHOLDER).count() {
+            0 => Ok(()),
+            1 if matches!(
+                prefix.split_once(TENANT_PLACEHOLDER),
+                Some((_, after)) if after.starts_with(['-', '.'])
+            ) =>
+            {
+                Ok(())
+            }
+            // Tenant ids are labels of letters, digits and '-': unless a separator follows
+            // the id, tenant `ab`'s prefix would also be a prefix of tenant `abc`'s names.
+            _ => invalid("may hold {tenantId} once, followed by '-' or '.'"),
         }
     }
 }
@@ -105,9 +208,11 @@ pub fn object_name(tenant_id: &str) -> String {
     if name.len() <= 63 {
         return name;
     }
+    // 64 bits, so that no two tenants whose long ids share a head are made to collide on
+    // purpose (32 bits would take a few minutes to search).
     let digest = Sha256::digest(tenant_id.as_bytes());
-    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let head = name[..54].trim_end_matches('-');
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let head = name[..63 - 1 - hash.len()].trim_end_matches('-');
     format!("{head}-{hash}")
 }
 
@@ -139,6 +244,26 @@ fn is_label_key(s: &str) -> bool {
         Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
         None => is_label_name(s),
     }
+}
+
+/// Whether a label key belongs to Kubernetes or to the worker. A tenant's label there could
+/// pose as the worker's own mark, or steer the cluster: `pod-security.kubernetes.io/enforce`
+/// on a tenant's namespace turns off its pod security admission.
+fn is_reserved_label_key(key: &str) -> bool {
+    if key == MANAGED_BY_LABEL || key == TENANT_LABEL {
+        return true;
+    }
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    // app.kubernetes.io/ holds the recommended labels (name, version, component, ...), which
+    // are the application's to set; of those only managed-by is the worker's.
+    prefix != "app.kubernetes.io"
+        && (prefix == "compute-worker"
+            || prefix == "kubernetes.io"
+            || prefix == "k8s.io"
+            || prefix.ends_with(".kubernetes.io")
+            || prefix.ends_with(".k8s.io"))
 }
 
 fn is_label_value(s: &str) -> bool {
@@ -425,6 +550,7 @@ impl KubernetesProvider {
             .with_provider(PROVIDER, Some("InferConfig"))
             .with_root_cause(e)
         })?;
+        config.check()?;
         Ok(Self::with_client(client, config))
     }
 
@@ -488,6 +614,76 @@ impl KubernetesProvider {
         Ok(())
     }
 
+    /// Checks that every `secretKeyRef` of `spec` names a Secret the tenant may read: one in
+    /// its own namespace (a `secretKeyRef` cannot name another) whose name is allowed.
+    pub fn check_secrets(&self, tenant_id: &str, spec: &ComputeSpec) -> Result<()> {
+        for (i, s) in spec.secrets.iter().enumerate() {
+            let Some(r) = &s.secret_key_ref else {
+                continue;
+            };
+            if !self.secret_allowed(tenant_id, &r.name) {
+                return Err(ComputeError::invalid(format!(
+                    "spec.secrets[{i}].secretKeyRef.name: {}",
+                    self.secret_rule(tenant_id)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The prefix a tenant's Secret names must start with, `{tenantId}` still in it; `None`
+    /// when any Secret of the tenant's namespace is allowed.
+    fn secret_prefix_template(&self) -> Option<&str> {
+        match (
+            &self.config.secret_name_prefix,
+            self.config.namespace_per_tenant,
+        ) {
+            (Some(p), _) => Some(p.as_str()),
+            (None, true) => None,
+            (None, false) => Some(DEFAULT_SECRET_NAME_PREFIX),
+        }
+    }
+
+    /// Whether the tenant may reference the Secret `name` of its namespace.
+    pub fn secret_allowed(&self, tenant_id: &str, name: &str) -> bool {
+        let Some(template) = self.secret_prefix_template() else {
+            return true;
+        };
+        let Some((before, after)) = template.split_once(TENANT_PLACEHOLDER) else {
+            return name.starts_with(template);
+        };
+        // Without a separator after the id, tenant `ab`'s names would include tenant `abc`'s
+        // (the configuration check refuses such a prefix; this holds without it too).
+        if !after.starts_with(['-', '.']) {
+            return false;
+        }
+        let Some(rest) = name
+            .strip_prefix(before)
+            .and_then(|r| r.strip_prefix(tenant_id))
+            .and_then(|r| r.strip_prefix(after))
+        else {
+            return false;
+        };
+        // Tenant ids may hold '-': were one allowed after `tenant-a-`, tenant `a` would reach
+        // `tenant-a-b-db`, which is tenant `a-b`'s.
+        !(after.starts_with('-') && rest.contains('-'))
+    }
+
+    /// What a refused Secret name should have been, for the message.
+    fn secret_rule(&self, tenant_id: &str) -> String {
+        let Some(template) = self.secret_prefix_template() else {
+            return "must name a Secret of the tenant's namespace".into();
+        };
+        let prefix = template.replacen(TENANT_PLACEHOLDER, tenant_id, 1);
+        match template.split_once(TENANT_PLACEHOLDER) {
+            Some((_, after)) if after.starts_with('-') => format!(
+                "must name one of the tenant's Secrets: a name that starts with {prefix:?} and \
+                 has no further '-' (use '.' between words, as in {prefix}db.password)"
+            ),
+            _ => format!("must name a Secret whose name starts with {prefix:?}"),
+        }
+    }
+
     /// Checks the request's labels, which become Kubernetes labels.
     pub fn check_metadata(metadata: &Metadata) -> Result<()> {
         for (k, v) in &metadata.labels {
@@ -497,10 +693,11 @@ impl KubernetesProvider {
                      ([prefix/]name, name at most 63 letters, digits, '-', '_' or '.')",
                 ));
             }
-            if k == MANAGED_BY_LABEL || k.starts_with("compute-worker/") {
+            if is_reserved_label_key(k) {
                 return Err(ComputeError::invalid(
-                    "metadata.labels: keys under compute-worker/ and \
-                     app.kubernetes.io/managed-by are the worker's own",
+                    "metadata.labels: keys under kubernetes.io/, k8s.io/ and their subdomains \
+                     (but for app.kubernetes.io/) are Kubernetes' own, and keys under \
+                     compute-worker/ and app.kubernetes.io/managed-by are the worker's own",
                 ));
             }
             if !is_label_value(v) {
@@ -602,6 +799,7 @@ impl KubernetesProvider {
                 }]
             }),
             resources,
+            security_context: Some(self.container_security_context()),
             ..Default::default()
         };
         Deployment {
@@ -628,12 +826,38 @@ impl KubernetesProvider {
                         containers: vec![container],
                         // The workload does not talk to the API server on our behalf.
                         automount_service_account_token: Some(false),
+                        host_network: Some(false),
+                        host_pid: Some(false),
+                        host_ipc: Some(false),
+                        security_context: Some(PodSecurityContext {
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".into(),
+                                localhost_profile: None,
+                            }),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                 },
                 ..Default::default()
             }),
             status: None,
+        }
+    }
+
+    /// The workload container's security context under the configured profile. Fixed
+    /// values only: the rendered template decides whether an apply rolls out.
+    fn container_security_context(&self) -> SecurityContext {
+        let restricted = self.config.pod_security == PodSecurity::Restricted;
+        SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            run_as_non_root: restricted.then_some(true),
+            capabilities: restricted.then(|| Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
         }
     }
 
@@ -677,7 +901,9 @@ impl KubernetesProvider {
 
     /// Applies the tenant's objects (namespace, Deployment, Service) as `spec` asks.
     async fn apply(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<Deployment> {
+        // Again here: a request recorded before the rules tightened must not apply either.
         Self::check_metadata(&op.metadata)?;
+        self.check_secrets(&op.tenant_id, spec)?;
         let ns = self.namespace(&op.tenant_id);
         let name = object_name(&op.tenant_id);
         if self.config.namespace_per_tenant {
@@ -1121,8 +1347,9 @@ impl ComputeProvider for KubernetesProvider {
         PROVIDER
     }
 
-    fn validate(&self, spec: &ComputeSpec) -> Result<()> {
-        Self::validate_spec(spec)
+    fn validate(&self, tenant_id: &str, spec: &ComputeSpec) -> Result<()> {
+        Self::validate_spec(spec)?;
+        self.check_secrets(tenant_id, spec)
     }
 
     fn validate_metadata(&self, metadata: &Metadata) -> Result<()> {
@@ -1333,7 +1560,7 @@ mod tests {
                 name: "API_TOKEN".into(),
                 value_from: None,
                 secret_key_ref: Some(SecretKeyRef {
-                    name: "acme-secrets".into(),
+                    name: "tenant-acme-api".into(),
                     key: "token".into(),
                 }),
             }],
@@ -1399,7 +1626,21 @@ mod tests {
         assert_eq!(
             c["env"][1],
             json!({"name": "API_TOKEN", "valueFrom": {"secretKeyRef":
-                {"name": "acme-secrets", "key": "token", "optional": false}}})
+                {"name": "tenant-acme-api", "key": "token", "optional": false}}})
+        );
+        // The baseline profile, on the pod and on its container.
+        let pod = &dep["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"],
+            json!({"seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            (&pod["hostNetwork"], &pod["hostPID"], &pod["hostIPC"]),
+            (&json!(false), &json!(false), &json!(false))
+        );
+        assert_eq!(
+            c["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "privileged": false})
         );
         assert_eq!(bodies[1]["spec"]["ports"][0]["port"], 8080);
     }
@@ -1660,10 +1901,333 @@ mod tests {
     #[test]
     fn object_names_are_dns_labels() {
         assert_eq!(object_name("acme"), "tenant-acme");
+        // The longest id that fits as it is.
+        let fits = "a".repeat(56);
+        assert_eq!(object_name(&fits), format!("tenant-{fits}"));
         let long = "a".repeat(63);
         let name = object_name(&long);
         assert!(name.len() <= 63 && is_label_name(&name), "{name}");
         assert_ne!(object_name(&long), object_name(&"a".repeat(62)));
+        // A hash of 64 bits: 16 hex digits after the shortened head.
+        let (head, hash) = name.rsplit_once('-').unwrap();
+        assert_eq!(hash.len(), 16, "{name}");
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(head.starts_with("tenant-aaaa"), "{name}");
+        // A head that ends in '-' once cut is trimmed, and the name stays a label.
+        let dashed = format!("{}-{}", "b".repeat(38), "c".repeat(24));
+        let name = object_name(&dashed);
+        assert!(name.len() <= 63 && is_label_name(&name), "{name}");
+        assert!(!name.contains("--"), "{name}");
+    }
+
+    /// A provider on a client that must never be called (validation and rendering only).
+    fn offline(config: KubernetesConfig) -> KubernetesProvider {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        KubernetesProvider::with_client(Client::new(service, "default"), config)
+    }
+
+    fn with_secret(name: &str) -> ComputeSpec {
+        ComputeSpec {
+            secrets: vec![
+                SecretRef {
+                    name: "FIRST".into(),
+                    value_from: None,
+                    secret_key_ref: Some(SecretKeyRef {
+                        name: "tenant-acme-first".into(),
+                        key: "k".into(),
+                    }),
+                },
+                SecretRef {
+                    name: "SECOND".into(),
+                    value_from: None,
+                    secret_key_ref: Some(SecretKeyRef {
+                        name: name.into(),
+                        key: "k".into(),
+                    }),
+                },
+            ],
+            ..spec()
+        }
+    }
+
+    /// The refusal of `name` as the second secret, or `None` when it is allowed.
+    fn refusal(provider: &KubernetesProvider, tenant: &str, name: &str) -> Option<String> {
+        let mut spec = with_secret(name);
+        spec.secrets.remove(0);
+        let e = provider.validate(tenant, &spec).err()?;
+        assert_eq!(e.code, ErrorCode::InvalidConfiguration);
+        assert!(!e.retriable);
+        assert!(
+            e.message.starts_with("spec.secrets[0].secretKeyRef.name: "),
+            "{}",
+            e.message
+        );
+        let tail = e
+            .message
+            .trim_start_matches("spec.secrets[0].secretKeyRef.name: ");
+        assert!(!tail.contains(name), "repeats the name: {}", e.message);
+        Some(e.message)
+    }
+
+    #[tokio::test]
+    async fn secrets_are_scoped_to_the_tenant_by_default() {
+        let provider = offline(KubernetesConfig::default());
+        for allowed in [
+            "tenant-acme-api",
+            "tenant-acme-db.password",
+            "tenant-acme-0",
+        ] {
+            assert_eq!(refusal(&provider, "acme", allowed), None, "{allowed}");
+        }
+        for refused in [
+            "api",
+            "acme-api",
+            "tenant-acmex-api",
+            "tenant-other-api",
+            "xtenant-acme-api",
+            // Another tenant's: `acme-corp`'s Secret `db`.
+            "tenant-acme-corp-db",
+        ] {
+            let m = refusal(&provider, "acme", refused).expect(refused);
+            assert!(m.contains("\"tenant-acme-\""), "{m}");
+        }
+        // ... which tenant acme-corp may read, and acme's own it may not.
+        assert_eq!(refusal(&provider, "acme-corp", "tenant-acme-corp-db"), None);
+        assert!(refusal(&provider, "acme-corp", "tenant-acme-api").is_some());
+        // The index names the secret refused, not the first.
+        let e = provider
+            .validate("acme", &with_secret("other"))
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("spec.secrets[1].secretKeyRef.name"),
+            "{e}"
+        );
+        assert!(
+            provider
+                .validate("acme", &with_secret("tenant-acme-two"))
+                .is_ok()
+        );
+        // The apply itself refuses too, before any request (the mock answers none).
+        let err = provider
+            .provision(&op(Operation::Provision), &with_secret("other"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidConfiguration, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_configured_secret_prefix_replaces_the_default() {
+        let shared = offline(KubernetesConfig {
+            secret_name_prefix: Some("apps-".into()),
+            ..KubernetesConfig::default()
+        });
+        assert_eq!(refusal(&shared, "acme", "apps-db-password"), None);
+        assert!(refusal(&shared, "acme", "tenant-acme-db").is_some());
+        let per_tenant = offline(KubernetesConfig {
+            secret_name_prefix: Some("apps.{tenantId}.".into()),
+            ..KubernetesConfig::default()
+        });
+        assert_eq!(refusal(&per_tenant, "acme", "apps.acme.db-password"), None);
+        for refused in [
+            "apps.acme-corp.db",
+            "apps.other.db",
+            "apps.acmedb",
+            "apps-acme.db",
+        ] {
+            let m = refusal(&per_tenant, "acme", refused).expect(refused);
+            assert!(m.contains("\"apps.acme.\""), "{m}");
+        }
+        // A prefix the configuration check refuses allows nothing.
+        let ambiguous = offline(KubernetesConfig {
+            secret_name_prefix: Some("s-{tenantId}".into()),
+            ..KubernetesConfig::default()
+        });
+        assert!(refusal(&ambiguous, "ab", "s-abc").is_some());
+    }
+
+    #[tokio::test]
+    async fn namespace_per_tenant_allows_any_secret_of_the_namespace() {
+        let provider = offline(KubernetesConfig {
+            namespace_per_tenant: true,
+            ..KubernetesConfig::default()
+        });
+        for name in ["api", "db-password", "tenant-other-api"] {
+            assert_eq!(refusal(&provider, "acme", name), None, "{name}");
+        }
+        // A configured prefix still holds there.
+        let provider = offline(KubernetesConfig {
+            namespace_per_tenant: true,
+            secret_name_prefix: Some("app-".into()),
+            ..KubernetesConfig::default()
+        });
+        assert_eq!(refusal(&provider, "acme", "app-db"), None);
+        let m = refusal(&provider, "acme", "db").unwrap();
+        assert!(m.contains("\"app-\""), "{m}");
+    }
+
+    #[test]
+    fn secret_prefix_configuration_is_checked() {
+        let check = |p: &str| {
+            KubernetesConfig {
+                secret_name_prefix: Some(p.into()),
+                ..KubernetesConfig::default()
+            }
+            .check()
+        };
+        for good in [
+            DEFAULT_SECRET_NAME_PREFIX,
+            "apps-",
+            "apps.{tenantId}.",
+            "{tenantId}-",
+        ] {
+            assert!(check(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Apps-",
+            "apps_",
+            "s-{tenantId}",
+            "s-{tenantId}x",
+            "{tenantId}-{tenantId}-",
+        ] {
+            let e = check(bad).unwrap_err();
+            assert!(
+                e.message.starts_with("--k8s-secret-name-prefix"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(KubernetesConfig::default().check().is_ok());
+    }
+
+    #[test]
+    fn reserved_label_prefixes_are_refused() {
+        let labels = |key: &str| Metadata {
+            labels: BTreeMap::from([(key.to_string(), "v".to_string())]),
+            ..Metadata::default()
+        };
+        for reserved in [
+            "kubernetes.io/hostname",
+            "k8s.io/anything",
+            "pod-security.kubernetes.io/enforce",
+            "pod-security.kubernetes.io/enforce-version",
+            "node-role.kubernetes.io/control-plane",
+            "x.k8s.io/y",
+            "compute-worker/tenant",
+            "compute-worker/owner",
+            "compute-worker/anything",
+            "app.kubernetes.io/managed-by",
+        ] {
+            let e = KubernetesProvider::check_metadata(&labels(reserved)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidConfiguration, "{reserved}");
+            assert!(
+                e.message.starts_with("metadata.labels: "),
+                "{reserved}: {e}"
+            );
+            // The rule names the one reserved key; no other key is repeated.
+            if reserved != MANAGED_BY_LABEL {
+                assert!(!e.message.contains(reserved), "repeats the key: {e}");
+            }
+        }
+        for allowed in [
+            "team",
+            "example.com/team",
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/version",
+            "notkubernetes.io/x",
+            "compute-worker.example.com/x",
+        ] {
+            assert!(
+                KubernetesProvider::check_metadata(&labels(allowed)).is_ok(),
+                "{allowed}"
+            );
+        }
+    }
+
+    /// Every `namespace` anywhere in a rendered object.
+    fn namespaces(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "namespace" {
+                        out.push(v.as_str().unwrap_or("<not a string>").to_string());
+                    }
+                    namespaces(v, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| namespaces(v, out)),
+            _ => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn pod_security_profiles_render_and_the_deployment_names_one_namespace() {
+        let render = |config: KubernetesConfig| {
+            let provider = offline(config);
+            serde_json::to_value(provider.deployment(&op(Operation::Provision), &spec())).unwrap()
+        };
+        let baseline = render(KubernetesConfig::default());
+        let pod = &baseline["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert_eq!(pod[host], false, "{host}");
+        }
+        assert_eq!(
+            pod["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "privileged": false})
+        );
+        let restricted = render(KubernetesConfig {
+            pod_security: PodSecurity::Restricted,
+            ..KubernetesConfig::default()
+        });
+        let pod = &restricted["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "privileged": false,
+                   "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}})
+        );
+        // The same spec renders the same template: a re-apply rolls nothing out.
+        assert_eq!(
+            render(KubernetesConfig::default()).to_string(),
+            baseline.to_string()
+        );
+
+        // Only the tenant's namespace is ever named, so a secretKeyRef resolves there.
+        for (config, want) in [
+            (KubernetesConfig::default(), "default"),
+            (
+                KubernetesConfig {
+                    namespace_per_tenant: true,
+                    ..KubernetesConfig::default()
+                },
+                "tenant-acme",
+            ),
+        ] {
+            let mut found = Vec::new();
+            namespaces(&render(config), &mut found);
+            assert_eq!(found, [want]);
+        }
+    }
+
+    #[test]
+    fn pod_security_parses_and_prints() {
+        for p in [PodSecurity::Baseline, PodSecurity::Restricted] {
+            assert_eq!(p.as_str().parse::<PodSecurity>().unwrap(), p);
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+        assert_eq!(PodSecurity::default(), PodSecurity::Baseline);
+        assert!("privileged".parse::<PodSecurity>().is_err());
+        let config: KubernetesConfig =
+            serde_json::from_value(json!({"podSecurity": "restricted"})).unwrap();
+        assert_eq!(config.pod_security, PodSecurity::Restricted);
+        assert_eq!(config.secret_name_prefix, None);
     }
 
     // --- Rollout judgement, from objects as the watches hold them. ---

@@ -73,8 +73,10 @@ pub trait ComputeProvider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Checks what only this provider cares about (the local provider needs a command, ECS an
-    /// image, ...). Returns `INVALID_CONFIGURATION` naming the field.
-    fn validate(&self, spec: &ComputeSpec) -> Result<()>;
+    /// image, ...), including that every secret reference is one the operator allowed for
+    /// `tenant_id`. Runs before anything is recorded or started. Returns
+    /// `INVALID_CONFIGURATION` naming the field.
+    fn validate(&self, tenant_id: &str, spec: &ComputeSpec) -> Result<()>;
 
     /// Checks the request's metadata where the provider turns it into its own labels or tags.
     /// Runs with [`validate`](Self::validate), before anything is recorded.
@@ -108,6 +110,13 @@ pub trait ComputeProvider: Send + Sync + 'static {
     /// How long the tracker pauses between observations that found the operation in
     /// progress (zero for a provider whose `observe` waits for changes itself).
     fn poll_interval(&self) -> Duration;
+
+    /// Removes what the provider keeps on this host for finished executions older than
+    /// `older_than` (the local provider's exit records and logs); how many files went.
+    /// Providers that keep nothing locally have nothing to prune.
+    async fn prune(&self, _older_than: Duration) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Which provider to run, chosen by `--provider`.

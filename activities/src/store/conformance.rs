@@ -30,11 +30,14 @@ fn new_exec(tenant: &str, op: Operation, key: Option<&str>, arg: &str) -> NewExe
         spec,
         request: json!({"tenantId": tenant}),
         timeout: Duration::from_secs(60),
+        provider: Some("conformance".into()),
     }
 }
 
 /// Runs every case against one store.
 pub async fn run_all(store: &dyn ExecutionStore) {
+    // First: it needs the store empty.
+    executions_record_their_provider(store).await;
     begin_is_idempotent(store).await;
     transitions_and_history(store).await;
     tenant_state_machine(store).await;
@@ -42,6 +45,145 @@ pub async fn run_all(store: &dyn ExecutionStore) {
     documents_round_trip(store).await;
     attempts_round_trip(store).await;
     deliveries_count_attempts(store).await;
+    // Last: it checks that nothing the other cases wrote is pruned.
+    pruning_removes_only_what_is_old(store).await;
+}
+
+/// An empty store knows no provider; an execution makes its provider known, and only it; an
+/// execution that recorded no provider (as every one before executions had a provider) counts
+/// for any.
+async fn executions_record_their_provider(store: &dyn ExecutionStore) {
+    for provider in ["local", "ecs", "kubernetes", "conformance"] {
+        assert!(!store.knows_provider(provider).await.unwrap(), "{provider}");
+    }
+    store
+        .begin_execution(NewExecution {
+            provider: Some("ecs".into()),
+            ..new_exec("provider-ecs", Operation::Provision, None, "1")
+        })
+        .await
+        .unwrap();
+    assert!(store.knows_provider("ecs").await.unwrap());
+    for provider in ["local", "ECS", "ec", ""] {
+        assert!(!store.knows_provider(provider).await.unwrap(), "{provider}");
+    }
+    store
+        .begin_execution(NewExecution {
+            provider: None,
+            ..new_exec("provider-unknown", Operation::Provision, None, "1")
+        })
+        .await
+        .unwrap();
+    assert!(store.knows_provider("local").await.unwrap());
+    assert!(store.knows_provider("kubernetes").await.unwrap());
+}
+
+fn year(y: i32) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(&format!("{y}-06-01T00:00:00Z"))
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// Retention deletes the attempts that finished and the deliveries last tried before the
+/// cutoff, across several batches, and nothing else: not a row at the cutoff, not a delivery
+/// first tried long ago but retried since, not what the other cases wrote (all later).
+async fn pruning_removes_only_what_is_old(store: &dyn ExecutionStore) {
+    let cutoff = year(2002);
+    let old_attempts = 2 * super::PRUNE_BATCH as u32 + 7;
+    let at = |finished: chrono::DateTime<chrono::Utc>, n: u32| AttemptRecord {
+        started_at: finished - chrono::Duration::seconds(1),
+        finished_at: finished,
+        ..attempt(
+            Some("pruned-1"),
+            Some("pruned"),
+            "WatchComputeExecution",
+            n,
+            1000,
+            None,
+        )
+    };
+    for n in 1..=old_attempts {
+        store.record_attempt(at(year(2001), n)).await.unwrap();
+    }
+    let kept_attempts = [at(cutoff, 9001), at(year(2003), 9002), at(year(2003), 9003)];
+    for a in &kept_attempts {
+        store.record_attempt(a.clone()).await.unwrap();
+    }
+    let old_deliveries = super::PRUNE_BATCH as u32 + 3;
+    let sent = |target: String, at: chrono::DateTime<chrono::Utc>| DeliveryAttempt {
+        execution_id: "pruned-1".into(),
+        kind: "restate".into(),
+        target,
+        state: ExecutionState::Succeeded,
+        sequence: 1,
+        outcome: DeliveryState::Pending,
+        error: None,
+        at,
+    };
+    for n in 0..old_deliveries {
+        store
+            .record_delivery(sent(format!("restate:sign_old{n}"), year(2001)))
+            .await
+            .unwrap();
+    }
+    for a in [
+        sent("restate:sign_recent".into(), year(2003)),
+        sent("restate:sign_at_cutoff".into(), cutoff),
+        sent("restate:sign_retried".into(), year(2001)),
+        sent("restate:sign_retried".into(), year(2003)),
+    ] {
+        store.record_delivery(a).await.unwrap();
+    }
+    let audit = store.list_executions("audit").await.unwrap()[0]
+        .status
+        .execution_id
+        .clone();
+    let others_attempts = store.list_attempts(&audit).await.unwrap();
+    assert_eq!(others_attempts.len(), 3);
+    let others_deliveries = store.list_deliveries("deliveries-1").await.unwrap();
+    assert!(!others_deliveries.is_empty());
+
+    let pruned = store.prune(cutoff).await.unwrap();
+    assert_eq!(
+        pruned,
+        super::PruneCounts {
+            attempts: u64::from(old_attempts),
+            deliveries: u64::from(old_deliveries),
+        }
+    );
+    assert_eq!(
+        store.list_attempts("pruned-1").await.unwrap(),
+        kept_attempts
+    );
+    let targets: Vec<String> = store
+        .list_deliveries("pruned-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.target)
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "restate:sign_retried",
+            "restate:sign_at_cutoff",
+            "restate:sign_recent"
+        ]
+    );
+    assert_eq!(
+        store.list_deliveries("deliveries-1").await.unwrap(),
+        others_deliveries
+    );
+    assert_eq!(store.list_attempts(&audit).await.unwrap(), others_attempts);
+    // Nothing left to prune; a cutoff before everything prunes nothing either.
+    assert_eq!(
+        store.prune(cutoff).await.unwrap(),
+        super::PruneCounts::default()
+    );
+    assert_eq!(
+        store.prune(year(1990)).await.unwrap(),
+        super::PruneCounts::default()
+    );
 }
 
 async fn begin_is_idempotent(store: &dyn ExecutionStore) {

@@ -155,7 +155,28 @@ pub struct NewExecution {
     pub request: Value,
     /// The operation's timeout.
     pub timeout: Duration,
+    /// The provider that carries the execution out ([`ComputeProvider::name`]), so that
+    /// `sweep --apply` can tell a store this provider has used from a wrong `--database` (see
+    /// [`ExecutionStore::knows_provider`]). `None` records no provider: such an execution (and
+    /// every one recorded before executions had a provider) counts for any provider.
+    ///
+    /// [`ComputeProvider::name`]: crate::provider::ComputeProvider::name
+    pub provider: Option<String>,
 }
+
+/// What one [`ExecutionStore::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneCounts {
+    /// Rows of the audit trail (`activity_attempts`) whose attempt finished before the cutoff.
+    pub attempts: u64,
+    /// Callback deliveries (`callback_deliveries`) last attempted before the cutoff.
+    pub deliveries: u64,
+}
+
+/// How many rows one pruning statement deletes at most: each batch is its own short
+/// transaction, so pruning a huge table never holds a lock for long (other writers get in
+/// between batches). Smaller in tests, so that the conformance suite crosses batches cheaply.
+const PRUNE_BATCH: i64 = if cfg!(test) { 100 } else { 1000 };
 
 /// What [`ExecutionStore::begin_execution`] found or made.
 #[derive(Debug, Clone, PartialEq)]
@@ -318,6 +339,29 @@ pub trait ExecutionStore: Send + Sync + 'static {
 
     /// Every callback delivery of one execution, in the order they were first tried.
     async fn list_deliveries(&self, execution_id: &str) -> Result<Vec<CallbackDelivery>>;
+
+    /// Retention: deletes the audit trail's attempts that finished before `older_than` and the
+    /// callback deliveries last attempted before it, in batches of a bounded size (so a huge
+    /// table is never locked for long), and says how many rows went. Executions, their
+    /// history and tenants are kept.
+    ///
+    /// The default keeps everything (a store without an audit trail, a test double); both
+    /// backends here prune.
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<PruneCounts> {
+        let _ = older_than;
+        Ok(PruneCounts::default())
+    }
+
+    /// Whether the store has recorded an execution for `provider` (as
+    /// [`NewExecution::provider`]), counting executions that recorded no provider (all of those
+    /// from before executions had one) as any provider's. False for an empty store: what a
+    /// wrong `--database` looks like, before `sweep --apply` removes every tenant's resources.
+    ///
+    /// The default says no (a store that cannot tell is not trusted to sweep against).
+    async fn knows_provider(&self, provider: &str) -> Result<bool> {
+        let _ = provider;
+        Ok(false)
+    }
 }
 
 /// Opens the store a database URL names and runs its migrations: `sqlite:...` for SQLite,
@@ -328,27 +372,124 @@ pub async fn connect(url: &str) -> Result<Arc<dyn ExecutionStore>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(
-            url.split('@').next_back().unwrap_or_default().to_string(),
-        ))
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
     }
 }
 
-/// A database URL fit for logs and error messages: the password (if any) is replaced by `***`.
+/// How often [`prune_periodically`] prunes, when the worker runs it.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The cutoff of a retention period ending `now`: `now - retention`, or the earliest time
+/// there is when `retention` reaches further back (nothing is that old, so nothing goes).
+pub fn retention_cutoff(now: DateTime<Utc>, retention: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(retention)
+        .ok()
+        .and_then(|r| now.checked_sub_signed(r))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Retention for the worker to spawn: [`ExecutionStore::prune`]s what is older than
+/// `retention` at once and then every `every`, for ever. A failed prune is logged and tried
+/// again next time (nothing is lost by pruning late).
+pub async fn prune_periodically(
+    store: Arc<dyn ExecutionStore>,
+    retention: Duration,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let cutoff = retention_cutoff(Utc::now(), retention);
+        match store.prune(cutoff).await {
+            Ok(counts) => tracing::info!(
+                attempts = counts.attempts,
+                deliveries = counts.deliveries,
+                cutoff = %cutoff,
+                "Pruned the audit trail and the callback deliveries."
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "Pruning the audit trail failed; trying again at the next interval."
+            ),
+        }
+    }
+}
+
+/// A database URL fit for logs and error messages: the password in the userinfo and the
+/// values of `password=` and `sslpassword=` query parameters (any case, percent-encoded or
+/// not, as the driver reads them) are replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let mut out = url[..authority_start].to_string();
     // The userinfo ends at the authority's last '@' (a password may itself contain '@').
-    match rest[..authority_len].rfind('@') {
+    match authority.rfind('@') {
         Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let password = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{}{user}{password}{}", &url[..authority_start], &rest[at..])
+            let userinfo = &authority[..at];
+            out.push_str(userinfo.split_once(':').map_or(userinfo, |(user, _)| user));
+            if userinfo.contains(':') {
+                out.push_str(":***");
+            }
+            out.push_str(&authority[at..]);
         }
-        None => url.to_string(),
+        None => out.push_str(authority),
     }
+    let (before_fragment, fragment) = match after.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (after, None),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if is_secret_parameter(key) => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(before_fragment),
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+/// Whether a query key, as written (the driver percent-decodes keys), names a password.
+fn is_secret_parameter(key: &str) -> bool {
+    let key = percent_decode(key);
+    key.eq_ignore_ascii_case(b"password") || key.eq_ignore_ascii_case(b"sslpassword")
+}
+
+/// A query component with its `%XX` escapes and `+` decoded; a malformed escape stays as is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = s
+            .get(i + 1..i + 3)
+            .filter(|h| bytes[i] == b'%' && h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn hex(bytes: &[u8], n: usize) -> String {
@@ -496,16 +637,116 @@ mod tests {
             ("postgres://db/x?user=a@b", "postgres://db/x?user=a@b"),
             ("sqlite://data/store.db", "sqlite://data/store.db"),
             ("sqlite::memory:", "sqlite::memory:"),
+            (
+                "postgres://db/x?password=hunter2",
+                "postgres://db/x?password=***",
+            ),
+            (
+                "postgres://app:pw@db/x?sslmode=verify-full&PassWord=a%26b&sslrootcert=/ca.pem",
+                "postgres://app:***@db/x?sslmode=verify-full&PassWord=***&sslrootcert=/ca.pem",
+            ),
+            (
+                "postgresql://db/x?sslpassword=k3y&SSLPASSWORD=k3y2#frag",
+                "postgresql://db/x?sslpassword=***&SSLPASSWORD=***#frag",
+            ),
+            // The driver decodes keys: an encoded name is still the password.
+            (
+                "postgres://db/x?pass%77ord=hunter2&%73slpassword=k",
+                "postgres://db/x?pass%77ord=***&%73slpassword=***",
+            ),
+            // Other parameters, and ones merely containing the word, are kept.
+            (
+                "postgres://db/x?user=app&application_name=password&passwords=2&password",
+                "postgres://db/x?user=app&application_name=password&passwords=2&password",
+            ),
+            ("postgres://db?password=x", "postgres://db?password=***"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
     }
 
+    #[test]
+    fn percent_decoding_keeps_malformed_escapes() {
+        assert_eq!(percent_decode("a%41+%4"), b"aA %4");
+        assert_eq!(percent_decode("%zz%"), b"%zz%");
+        assert_eq!(percent_decode("%+1"), b"% 1");
+        assert_eq!(percent_decode("é%C3%A9"), "éé".as_bytes());
+    }
+
     #[tokio::test]
     async fn unsupported_urls_do_not_show_passwords() {
-        let e = connect("mysql://app:hunter2@db/x").await.err().unwrap();
-        assert!(matches!(e, StoreError::UnsupportedUrl(_)));
-        assert!(!e.to_string().contains("hunter2"), "{e}");
+        for url in [
+            "mysql://app:hunter2@db/x",
+            "mysql://db/x?password=hunter2",
+            "db.example:5432/x?sslpassword=hunter2",
+        ] {
+            let e = connect(url).await.err().unwrap();
+            assert!(matches!(e, StoreError::UnsupportedUrl(_)));
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn retention_cutoffs_never_overflow() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(
+            retention_cutoff(now, Duration::from_secs(30 * 86_400)),
+            DateTime::from_timestamp(1_700_000_000 - 30 * 86_400, 0).unwrap()
+        );
+        assert_eq!(retention_cutoff(now, Duration::ZERO), now);
+        assert_eq!(
+            retention_cutoff(now, Duration::MAX),
+            DateTime::<Utc>::MIN_UTC
+        );
+        assert_eq!(
+            retention_cutoff(now, Duration::from_secs(400_000 * 365 * 86_400)),
+            DateTime::<Utc>::MIN_UTC
+        );
+    }
+
+    #[tokio::test]
+    async fn the_periodic_pruner_prunes_at_once() {
+        let store = connect("sqlite::memory:").await.unwrap();
+        let finished_at = DateTime::from_timestamp(1_000_000_000, 0).unwrap();
+        let old = AttemptRecord {
+            execution_id: Some("e".into()),
+            tenant_id: None,
+            activity_type: "GetComputeExecution".into(),
+            activity_id: "1".into(),
+            workflow_id: None,
+            run_id: None,
+            attempt: 1,
+            started_at: finished_at,
+            finished_at,
+            latency_ms: 0,
+            outcome: crate::contract::AttemptOutcome::Ok,
+            retriable: false,
+            provider: None,
+            provider_code: None,
+            provider_request_id: None,
+            message: None,
+        };
+        let recent = AttemptRecord {
+            attempt: 2,
+            started_at: crate::contract::now(),
+            finished_at: crate::contract::now(),
+            ..old.clone()
+        };
+        store.record_attempt(old).await.unwrap();
+        store.record_attempt(recent.clone()).await.unwrap();
+        let pruner = tokio::spawn(prune_periodically(
+            store.clone(),
+            Duration::from_secs(30 * 86_400),
+            PRUNE_INTERVAL,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.list_attempts("e").await.unwrap().len() > 1 {
+            assert!(std::time::Instant::now() < deadline, "nothing was pruned");
+            tokio::task::yield_now().await;
+        }
+        pruner.abort();
+        assert_eq!(store.list_attempts("e").await.unwrap(), [recent]);
     }
 
     #[test]

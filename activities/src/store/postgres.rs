@@ -39,8 +39,8 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, Result,
-    StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
+    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
+    Result, StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
     derive_execution_id, tenant_state_after, tenant_state_on_begin,
 };
 use crate::contract::{
@@ -382,6 +382,27 @@ impl PostgresStore {
         .transpose()
     }
 
+    /// Runs a `DELETE` of at most `$2` rows older than `$1` until a batch comes back short.
+    /// Each batch is its own short transaction, and skips rows another transaction has
+    /// locked (a delivery being retried right now), so pruning neither holds locks for long
+    /// nor waits for anyone's.
+    async fn delete_in_batches(&self, sql: &str, cutoff: &str) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(super::PRUNE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .rows_affected();
+            total += deleted;
+            if deleted < super::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn add_history(
         conn: &mut PgConnection,
         execution_id: &str,
@@ -481,8 +502,8 @@ impl PostgresStore {
         .map_err(StoreError::from_sqlx)?;
         sqlx::query(
             "INSERT INTO executions (execution_id, tenant_id, operation, state, idempotency_key,
-               spec_hash, request, timeout_ms, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::timestamptz, $9::timestamptz)",
+               spec_hash, request, timeout_ms, created_at, updated_at, provider)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10)",
         )
         .bind(&execution_id)
         .bind(&new.tenant_id)
@@ -493,6 +514,7 @@ impl PostgresStore {
         .bind(doc(&new.request)?)
         .bind(new.timeout.as_millis() as i64)
         .bind(ts(at))
+        .bind(new.provider.as_deref().map(scrub_text))
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -784,6 +806,43 @@ impl ExecutionStore for PostgresStore {
             })
             .collect()
     }
+
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<PruneCounts> {
+        let cutoff = ts(older_than);
+        // `FOR UPDATE` re-checks the age on a row's newest version (a delivery attempted again
+        // meanwhile no longer qualifies) and `SKIP LOCKED` leaves one being written right now
+        // to the next prune.
+        let attempts = self
+            .delete_in_batches(
+                "DELETE FROM activity_attempts WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM activity_attempts WHERE finished_at < $1::timestamptz
+                   LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                &cutoff,
+            )
+            .await?;
+        let deliveries = self
+            .delete_in_batches(
+                "DELETE FROM callback_deliveries WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM callback_deliveries WHERE last_attempt_at < $1::timestamptz
+                   LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                &cutoff,
+            )
+            .await?;
+        Ok(PruneCounts {
+            attempts,
+            deliveries,
+        })
+    }
+
+    async fn knows_provider(&self, provider: &str) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM executions WHERE provider = $1 OR provider IS NULL)",
+        )
+        .bind(scrub_text(provider))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)
+    }
 }
 
 #[cfg(test)]
@@ -957,6 +1016,7 @@ mod tests {
                     spec: None,
                     request: json!({"tenantId": "again"}),
                     timeout: Duration::from_secs(5),
+                    provider: Some("local".into()),
                 })
                 .await
                 .unwrap();
@@ -986,6 +1046,26 @@ mod tests {
         .unwrap();
         assert_eq!((lock.as_str(), idle.as_str()), ("10s", "1min"));
         assert_eq!(app, "compute-worker");
+    }
+
+    #[tokio::test]
+    async fn the_store_never_shows_its_password() {
+        let db = TestDatabase::create().await;
+        // Trust authentication (the test server's) ignores a password given in the URL.
+        let (url, password) = match db.url.split_once("://").and_then(|(_, rest)| {
+            let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+            let userinfo = &authority[..authority.rfind('@')?];
+            userinfo.split_once(':').map(|(_, p)| p.to_string())
+        }) {
+            Some(password) => (db.url.clone(), password),
+            None => {
+                let sep = if db.url.contains('?') { '&' } else { '?' };
+                (format!("{}{sep}password=hunter2", db.url), "hunter2".into())
+            }
+        };
+        let store = PostgresStore::connect(&url).await.unwrap();
+        assert!(!format!("{store:?}").contains(&password), "{store:?}");
+        assert!(!redact_url(&url).contains(&password));
     }
 
     #[tokio::test]

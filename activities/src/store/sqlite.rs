@@ -11,8 +11,8 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, Result,
-    StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
+    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
+    Result, StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
     derive_execution_id, tenant_state_after, tenant_state_on_begin,
 };
 use crate::contract::{
@@ -222,6 +222,25 @@ impl SqliteStore {
         .transpose()
     }
 
+    /// Runs a `DELETE ... LIMIT ?2` of rows older than `?1` until a batch comes back short:
+    /// each batch is its own transaction, so other writers get the lock in between.
+    async fn delete_in_batches(&self, sql: &str, cutoff: &str) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(super::PRUNE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .rows_affected();
+            total += deleted;
+            if deleted < super::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn add_history(
         conn: &mut SqliteConnection,
         execution_id: &str,
@@ -315,8 +334,8 @@ impl ExecutionStore for SqliteStore {
         .map_err(StoreError::from_sqlx)?;
         sqlx::query(
             "INSERT INTO executions (execution_id, tenant_id, operation, state, idempotency_key,
-               spec_hash, request, timeout_ms, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+               spec_hash, request, timeout_ms, created_at, updated_at, provider)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
         )
         .bind(&execution_id)
         .bind(&new.tenant_id)
@@ -327,6 +346,7 @@ impl ExecutionStore for SqliteStore {
         .bind(to_json(&new.request)?)
         .bind(new.timeout.as_millis() as i64)
         .bind(ts(at))
+        .bind(&new.provider)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -584,11 +604,98 @@ impl ExecutionStore for SqliteStore {
             })
             .collect()
     }
+
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<PruneCounts> {
+        // Timestamps are fixed-width RFC 3339 text, so text order is time order.
+        let cutoff = ts(older_than);
+        let attempts = self
+            .delete_in_batches(
+                "DELETE FROM activity_attempts WHERE seq IN
+                   (SELECT seq FROM activity_attempts WHERE finished_at < ?1 LIMIT ?2)",
+                &cutoff,
+            )
+            .await?;
+        let deliveries = self
+            .delete_in_batches(
+                "DELETE FROM callback_deliveries WHERE rowid IN
+                   (SELECT rowid FROM callback_deliveries WHERE last_attempt_at < ?1 LIMIT ?2)",
+                &cutoff,
+            )
+            .await?;
+        Ok(PruneCounts {
+            attempts,
+            deliveries,
+        })
+    }
+
+    async fn knows_provider(&self, provider: &str) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM executions WHERE provider = ?1 OR provider IS NULL)",
+        )
+        .bind(provider)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_store_from_before_executions_had_a_provider_knows_every_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        // The schema as it was before (migrations 1 to 3), with an execution of that time.
+        let old_migrations = dir.path().join("migrations");
+        std::fs::create_dir(&old_migrations).unwrap();
+        let current = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for name in [
+            "0001_executions.sql",
+            "0002_attempts.sql",
+            "0003_callback_deliveries.sql",
+        ] {
+            std::fs::copy(current.join(name), old_migrations.join(name)).unwrap();
+        }
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let at = "2024-01-01T00:00:00.000Z";
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, state, last_execution_id, generation, created_at,
+               updated_at) VALUES ('old', 'active', 'old-1', 1, ?1, ?1)",
+        )
+        .bind(at)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO executions (execution_id, tenant_id, operation, state, spec_hash,
+               request, timeout_ms, created_at, updated_at)
+             VALUES ('old-1', 'old', 'provision', 'succeeded', 'h', '{}', 1000, ?1, ?1)",
+        )
+        .bind(at)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::connect(&url).await.unwrap();
+        assert!(store.get_execution("old-1").await.unwrap().is_some());
+        for provider in ["local", "ecs", "kubernetes"] {
+            assert!(store.knows_provider(provider).await.unwrap(), "{provider}");
+        }
+    }
 
     #[tokio::test]
     async fn conformance_in_memory() {
