@@ -798,7 +798,7 @@ async fn secret_scan_kubernetes_provider() {
             &PostParams::default(),
             &Secret {
                 metadata: ObjectMeta {
-                    name: Some("scan-api".into()),
+                    name: Some("tenant-scan-k8s-api".into()),
                     ..Default::default()
                 },
                 string_data: Some([("token".to_string(), k8s_value.clone())].into()),
@@ -847,7 +847,7 @@ async fn secret_scan_kubernetes_provider() {
         json!({"tenantId": tenant, "spec": {
             "image": image, "env": {"MODE": "scan"},
             "secrets": [{"name": "API_TOKEN",
-                         "secretKeyRef": {"name": "scan-api", "key": "token"}}]}})
+                         "secretKeyRef": {"name": "tenant-scan-k8s-api", "key": "token"}}]}})
     };
     let provisioned = run_ok(
         &worker,
@@ -874,7 +874,7 @@ async fn secret_scan_kubernetes_provider() {
         .and_then(|e| e.iter().find(|v| v["name"] == "API_TOKEN"))
         .unwrap_or_else(|| panic!("API_TOKEN in the Deployment: {env}"));
     assert_eq!(
-        api_token["valueFrom"]["secretKeyRef"]["name"], "scan-api",
+        api_token["valueFrom"]["secretKeyRef"]["name"], "tenant-scan-k8s-api",
         "the Deployment references the Secret: {env}"
     );
     assert_eq!(api_token["valueFrom"]["secretKeyRef"]["key"], "token");
@@ -926,7 +926,11 @@ async fn secret_scan_kubernetes_provider() {
             .collect(),
         decoy_callers,
         controls: vec![
-            ("the Secret's name", "scan-api".to_string(), false),
+            (
+                "the Secret's name",
+                "tenant-scan-k8s-api".to_string(),
+                false,
+            ),
             ("the tenant", tenant.to_string(), true),
         ],
     }
