@@ -1264,7 +1264,7 @@ fn start_activity(activity: Activity) {
     );
     let result = runner().run(&strategy, |(input, flavour)| {
         tally.cases.fetch_add(1, Ordering::SeqCst);
-        let validated = validate::compute_request(&input);
+        let validated = bounded(&input).and_then(|()| validate::compute_request(&input));
         if let Err(e) = &validated {
             check_refusal("validate::compute_request", &input, e)?;
         }
@@ -1379,6 +1379,12 @@ fn simple_activity(
     tally.assert_both_sides(name, 5);
 }
 
+/// The activities decode their raw input within the trust boundary's limits (size, depth,
+/// items, string length) before any validator sees it: the same here.
+fn bounded(v: &Value) -> Result<(), ComputeError> {
+    compute_activities::input::decode_bytes(&serde_json::to_vec(v).unwrap(), "input").map(drop)
+}
+
 #[test]
 fn delete_inputs() {
     simple_activity(
@@ -1386,7 +1392,7 @@ fn delete_inputs() {
         Activity::Delete,
         valid_delete_request().boxed(),
         DELETE_PATHS,
-        |v| validate::delete_request(v).map(drop),
+        |v| bounded(v).and_then(|()| validate::delete_request(v).map(drop)),
     );
 }
 
@@ -1397,7 +1403,11 @@ fn get_execution_inputs() {
         Activity::Get,
         valid_get_request().boxed(),
         GET_PATHS,
-        |v| validate::execution_id(v).and_then(|_| validate::include_attempts(v).map(drop)),
+        |v| {
+            bounded(v)
+                .and_then(|()| validate::execution_id(v))
+                .and_then(|_| validate::include_attempts(v).map(drop))
+        },
     );
 }
 
@@ -1408,7 +1418,7 @@ fn list_executions_inputs() {
         Activity::List,
         valid_list_request().boxed(),
         LIST_PATHS,
-        |v| validate::tenant_only(v).map(drop),
+        |v| bounded(v).and_then(|()| validate::tenant_only(v).map(drop)),
     );
 }
 

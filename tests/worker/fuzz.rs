@@ -117,7 +117,7 @@ fn base(activity: &str, n: usize) -> Value {
             "tenantId": format!("fz-{n}"),
             "spec": {"command": ["sleep"], "args": ["300"], "env": {"MODE": "fuzz"},
                      "config": {"LEVEL": "3"},
-                     "secrets": [{"name": "DB_PASSWORD", "valueFrom": "env:FUZZ_DB"}]},
+                     "secrets": [{"name": "DB_PASSWORD", "valueFrom": "env:PATH"}]},
             "metadata": {"labels": {"team": "fuzz"}, "owner": "fuzzer", "environment": "test"},
             "idempotencyKey": format!("fz-key-{n}"),
             "timeout": "60s"
@@ -297,7 +297,9 @@ async fn fuzz_refused_inputs_fail_once_and_leave_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let local = LocalProvider::new(LocalConfig {
         state_dir: scratch.path().join("local"),
-        secret_env_allow: vec!["FUZZ_DB".into()],
+        // A variable this process and the worker both have: the local provider's validation
+        // refuses an allowed but unset one, and the verdict here must be the worker's.
+        secret_env_allow: vec!["PATH".into()],
         ..LocalConfig::default()
     })
     .unwrap();
@@ -346,8 +348,7 @@ async fn fuzz_refused_inputs_fail_once_and_leave_nothing() {
     let worker = spawn_worker(
         "fuzz",
         WorkerOpts {
-            env: vec![("FUZZ_DB", "fuzz-db-reference-target".into())],
-            args: vec!["--local-secret-env-allow".into(), "FUZZ_DB".into()],
+            args: vec!["--local-secret-env-allow".into(), "PATH".into()],
             ..Default::default()
         },
     );

@@ -469,6 +469,10 @@ impl Observer {
             // Forget services nobody asked about for a while (their executions ended).
             let stale = self.interval * 5 + Duration::from_secs(10);
             st.interest.retain(|_, at| at.elapsed() < stale);
+            // Their snapshots go with them: the map holds in-flight services only.
+            let st = &mut *st;
+            st.snapshots
+                .retain(|name, _| st.interest.contains_key(name));
             st.interest.keys().cloned().collect()
         };
         if names.is_empty() {
