@@ -446,7 +446,9 @@ async fn malformed_signals_never_wedge_a_tracker() {
     let worker = spawn_worker(
         "trust-signals",
         WorkerOpts {
-            settle: "4s",
+            // Long enough for every signal below to reach the live tracker, even on a
+            // loaded machine.
+            settle: "12s",
             ..Default::default()
         },
     );
@@ -506,7 +508,8 @@ async fn a_tracker_continues_as_new_and_still_tells_every_caller() {
     let worker = spawn_worker(
         "trust-can",
         WorkerOpts {
-            settle: "8s",
+            // Long enough for all 20 signals to reach the live tracker on a loaded machine.
+            settle: "25s",
             args: vec!["--tracker-history-limit".into(), "40".into()],
             ..Default::default()
         },
