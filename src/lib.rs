@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use compute_activities::{
     ComputeActivities,
-    activities::{ActivitySettings, ReleaseSignal},
+    activities::ActivitySettings,
     callback::{Callbacks, parse_ingress_urls},
     names,
     provider::{
@@ -602,7 +602,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         tracing::error!(error = %format!("{e:#}"), "The TenantId search attribute is not registered; workflows that set it will fail their tasks until it is.");
     }
 
-    let release = ReleaseSignal::default();
+    let release = tokio_util::sync::CancellationToken::new();
     let own_namespace = client.options().namespace.clone();
     let activities = ComputeActivities::new(
         Arc::clone(&store),
@@ -663,7 +663,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             // Stop polling first, then release the watches: their retried attempts go to the
             // workers still polling, not back to this one.
             stop();
-            release.release();
+            release.cancel();
             tracing::info!(grace = ?settings.shutdown_grace, "Shutting down: watches released; in-flight activities get the grace period.");
             run.await
         }

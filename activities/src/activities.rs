@@ -31,6 +31,7 @@ use temporalio_common::{
 };
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, field::Empty};
 
 use crate::{
@@ -77,9 +78,9 @@ pub struct ActivitySettings {
     /// How many history events a tracker run may grow to before it continues as new (0: the
     /// tracker's default).
     pub tracker_max_history_events: u32,
-    /// Set when the worker shuts down: in-flight watches end at once with a retriable
+    /// Cancelled when the worker shuts down: in-flight watches end at once with a retriable
     /// failure, so their trackers resume them on another worker.
-    pub release: ReleaseSignal,
+    pub release: CancellationToken,
 }
 
 impl Default for ActivitySettings {
@@ -89,45 +90,8 @@ impl Default for ActivitySettings {
             default_timeout: Duration::from_secs(600),
             progress_report_interval: Duration::from_secs(5),
             tracker_max_history_events: 0,
-            release: ReleaseSignal::default(),
+            release: CancellationToken::new(),
         }
-    }
-}
-
-/// A one-way switch: once released, stays released, and wakes everyone waiting for it.
-#[derive(Debug, Clone, Default)]
-pub struct ReleaseSignal(Arc<ReleaseInner>);
-
-#[derive(Debug, Default)]
-struct ReleaseInner {
-    released: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl ReleaseSignal {
-    /// Releases every current and future waiter.
-    pub fn release(&self) {
-        self.0
-            .released
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.0.notify.notify_waiters();
-    }
-
-    /// Whether [`release`](Self::release) was called.
-    pub fn is_released(&self) -> bool {
-        self.0.released.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Resolves once released.
-    pub async fn released(&self) {
-        let notified = self.0.notify.notified();
-        let mut notified = std::pin::pin!(notified);
-        // Registered before the check, so a release in between is not missed.
-        notified.as_mut().enable();
-        if self.is_released() {
-            return;
-        }
-        notified.await;
     }
 }
 
@@ -268,8 +232,9 @@ pub struct InterventionInput {
     pub reason: String,
 }
 
-/// The most callback targets one request or heartbeat names (one today; a little room).
-const MAX_HEARTBEAT_TARGETS: usize = 100;
+/// The most callers one execution tells (the tracker drops `attach-callback` signals past
+/// it), and so the most targets one heartbeat names.
+pub const MAX_CALLBACK_TARGETS: usize = 100;
 /// The longest reason recorded with a manual-intervention mark.
 const MAX_REASON_CHARS: usize = 2000;
 
@@ -313,9 +278,9 @@ impl HeartbeatInput {
         if !input.tenant_id.is_empty() {
             validate::check_tenant_id("tenantId", &input.tenant_id)?;
         }
-        if input.targets.len() > MAX_HEARTBEAT_TARGETS {
+        if input.targets.len() > MAX_CALLBACK_TARGETS {
             return Err(ComputeError::invalid(format!(
-                "targets: at most {MAX_HEARTBEAT_TARGETS} targets"
+                "targets: at most {MAX_CALLBACK_TARGETS} targets"
             )));
         }
         input.targets.iter().try_for_each(check_target_shape)?;
@@ -835,7 +800,7 @@ impl ComputeActivities {
             )
         };
         loop {
-            if release.is_released() {
+            if release.is_cancelled() {
                 return Err(released());
             }
             if ctx.is_cancelled() {
@@ -872,7 +837,7 @@ impl ComputeActivities {
             };
             let observed = tokio::select! {
                 o = self.provider.observe(&op, &status.resource_ids) => o,
-                _ = release.released() => return Err(released()),
+                _ = release.cancelled() => return Err(released()),
             };
             let observation = match observed {
                 Ok(o) => o,
@@ -887,7 +852,7 @@ impl ComputeActivities {
                     // zero interval, and a failing observation must not spin.
                     tokio::select! {
                         _ = tokio::time::sleep(self.provider.poll_interval().max(OBSERVE_ERROR_PAUSE)) => {}
-                        _ = release.released() => return Err(released()),
+                        _ = release.cancelled() => return Err(released()),
                     }
                     continue;
                 }
@@ -925,7 +890,7 @@ impl ComputeActivities {
                     tokio::select! {
                         _ = tokio::time::sleep(self.provider.poll_interval()) => {}
                         _ = ctx.cancelled() => {}
-                        _ = release.released() => return Err(released()),
+                        _ = release.cancelled() => return Err(released()),
                     }
                     continue;
                 }

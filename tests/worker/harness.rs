@@ -353,6 +353,20 @@ impl Outcome {
             other => panic!("expected failure, got {other:?}"),
         }
     }
+
+    /// A refusal of workflow `id`: `INVALID_CONFIGURATION`, non-retryable, after exactly one
+    /// attempt of `activity` whatever its policy allowed; the refusal's message.
+    pub fn refused_once(self, id: &str, activity: &str) -> String {
+        let (code, non_retryable, details) = self.failed();
+        assert_eq!(code, "INVALID_CONFIGURATION", "{id}: {details}");
+        assert!(non_retryable, "{id}: {details}");
+        assert_eq!(details["retriable"], false, "{id}");
+        assert_eq!(started_activity_attempts(id, activity), [1], "{id}");
+        details["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: no message in {details}"))
+            .to_string()
+    }
 }
 
 /// Starts a workflow by type name and waits for its outcome.
@@ -1689,7 +1703,8 @@ pub struct OwnPostgres {
     bin: PathBuf,
 }
 
-fn postgres_bin_dir() -> PathBuf {
+/// The newest Debian Postgres' binaries (`initdb`, `pg_ctl`).
+pub(crate) fn postgres_bin_dir() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .expect("Postgres binaries under /usr/lib/postgresql")
         .flatten()
@@ -1700,7 +1715,8 @@ fn postgres_bin_dir() -> PathBuf {
     dirs.pop().expect("pg_ctl under /usr/lib/postgresql/*/bin")
 }
 
-fn as_postgres(bin: &Path, args: &[&str]) -> Result<()> {
+/// Runs a Postgres binary as user postgres; fails with its output.
+pub(crate) fn as_postgres(bin: &Path, args: &[&str]) -> Result<()> {
     let out = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(bin)

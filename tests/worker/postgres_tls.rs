@@ -3,11 +3,7 @@
 //! store connects with `sslmode=require` and with `verify-full` against that certificate;
 //! `sslmode=disable`, an unknown issuer and a name the certificate does not carry are refused.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use compute_activities::{
     contract::Operation,
@@ -15,24 +11,13 @@ use compute_activities::{
 };
 use serde_json::json;
 
-use crate::harness::free_port;
+use crate::harness::{as_postgres, free_port, postgres_bin_dir};
 
 /// A cluster listening on 127.0.0.1 and 127.0.0.2 with TLS only, stopped when dropped.
 struct TlsPostgres {
     port: u16,
     dir: tempfile::TempDir,
     bin: PathBuf,
-}
-
-fn postgres_bin_dir() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("Postgres binaries under /usr/lib/postgresql")
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("pg_ctl").exists())
-        .collect();
-    dirs.sort();
-    dirs.pop().expect("pg_ctl under /usr/lib/postgresql/*/bin")
 }
 
 fn run(cmd: &mut Command) {
@@ -43,12 +28,6 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn as_postgres(bin: &Path) -> Command {
-    let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"]).arg(bin);
-    cmd
 }
 
 impl TlsPostgres {
@@ -87,10 +66,17 @@ impl TlsPostgres {
             .arg(path));
         run(Command::new("chmod").arg("0600").arg(pg.key()));
         let data = path.join("data");
-        run(as_postgres(&pg.bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust"]));
+        as_postgres(
+            &pg.bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ],
+        )
+        .expect("initdb");
         // TLS or nothing over TCP: no `host` line, so a plain connection finds no entry.
         std::fs::write(
             data.join("pg_hba.conf"),
@@ -105,13 +91,20 @@ impl TlsPostgres {
             pg.cert().display(),
             pg.key().display()
         );
-        run(as_postgres(&pg.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-w")
-            .arg("-l")
-            .arg(path.join("pg.log"))
-            .args(["-o", &opts, "start"]));
+        as_postgres(
+            &pg.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-w",
+                "-l",
+                path.join("pg.log").to_str().unwrap(),
+                "-o",
+                &opts,
+                "start",
+            ],
+        )
+        .expect("pg_ctl start");
         pg
     }
 
@@ -134,11 +127,18 @@ impl TlsPostgres {
 
 impl Drop for TlsPostgres {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-w", "-m", "immediate", "stop"])
-            .output();
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-w",
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
     }
 }
 

@@ -21,7 +21,10 @@ use std::{
 
 use compute_activities::{
     ComputeActivities, ComputeError,
-    activities::{AttachCallback, HeartbeatInput, TENANT_ID_KEY, TrackerInput, WatchInput},
+    activities::{
+        AttachCallback, HeartbeatInput, MAX_CALLBACK_TARGETS, TENANT_ID_KEY, TrackerInput,
+        WatchInput,
+    },
     contract::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus, Operation},
     input::raw,
     names,
@@ -86,10 +89,6 @@ pub struct TrackerView {
     #[serde(default)]
     pub runs: u32,
 }
-
-/// The most callers one execution tells; more `attach-callback` signals are dropped (with a
-/// warning): the list lives in the workflow's state and in every query's answer.
-pub const MAX_TARGETS: usize = 100;
 
 /// How many history events a run may grow to before it continues as new, unless the input
 /// says otherwise: well under Temporal's warning (10,240 events) and limit (51,200).
@@ -190,7 +189,7 @@ impl ComputeExecutionTracker {
         };
         let carried = match input.carried.clone().map(serde_json::from_value::<Carried>) {
             None => Ok(Carried::default()),
-            Some(Ok(c)) if c.targets.len() <= MAX_TARGETS => Ok(c),
+            Some(Ok(c)) if c.targets.len() <= MAX_CALLBACK_TARGETS => Ok(c),
             Some(_) => Err(ComputeError::invalid(
                 "input.carried: not what a tracker hands over",
             )),
@@ -341,13 +340,12 @@ impl ComputeExecutionTracker {
             *s.deadline_ms
                 .get_or_insert(now_ms.saturating_add(input.timeout_ms))
         });
-        let mut timer = ctx.timer(Duration::from_millis(
-            deadline_ms.saturating_sub(now_ms).max(1),
-        ));
-        let mut timer_live = !ctx.state(|s| s.timed_out);
-        if !timer_live {
-            timer.cancel();
-        }
+        // No timer once the timeout was reported (by an earlier run).
+        let mut timer = (!ctx.state(|s| s.timed_out)).then(|| {
+            ctx.timer(Duration::from_millis(
+                deadline_ms.saturating_sub(now_ms).max(1),
+            ))
+        });
         let mut status = first;
         while !status.state.is_final() {
             let known_progress = status.progress.clone();
@@ -359,19 +357,18 @@ impl ComputeExecutionTracker {
                 }),
                 watch_options(),
             ));
-            let first_done = if timer_live {
-                temporalio_sdk::workflows::select! {
+            let first_done = match timer.as_mut() {
+                Some(timer) => temporalio_sdk::workflows::select! {
                     r = watch.as_mut() => Some(r),
-                    _ = &mut timer => None,
-                }
-            } else {
-                Some(watch.as_mut().await)
+                    _ = &mut *timer => None,
+                },
+                None => Some(watch.as_mut().await),
             };
             let result = match first_done {
                 Some(r) => r,
                 None => {
                     // The timeout passed: report it, keep the same watch going.
-                    timer_live = false;
+                    timer = None;
                     let timed_out = ctx
                         .execute_activity(
                             ComputeActivities::mark_compute_execution_timed_out,
@@ -393,7 +390,7 @@ impl ComputeExecutionTracker {
             status = result.map_err(|e| terminate(compute_error_of(&e)))?;
             ctx.state_mut(|s| s.status = Some(status.clone()));
         }
-        if timer_live {
+        if let Some(timer) = timer {
             timer.cancel();
         }
         Ok(status)
@@ -443,7 +440,7 @@ impl ComputeExecutionTracker {
 
     /// `attach-callback`: one more caller to tell (duplicates are ignored). Anyone in the
     /// namespace can send it: a payload that is not a valid target is dropped with a warning
-    /// (never its content), and so is a target past [`MAX_TARGETS`].
+    /// (never its content), and so is a target past [`MAX_CALLBACK_TARGETS`].
     #[signal(name = names::SIGNAL_ATTACH_CALLBACK)]
     pub fn attach_callback(&mut self, _ctx: &mut SyncWorkflowContext<Self>, attach: RawValue) {
         let target = match AttachCallback::from_raw(&attach) {
@@ -458,9 +455,9 @@ impl ComputeExecutionTracker {
         if self.targets.contains(&target) {
             return;
         }
-        if self.targets.len() >= MAX_TARGETS {
+        if self.targets.len() >= MAX_CALLBACK_TARGETS {
             self.signals_dropped += 1;
-            tracing::warn!(execution_id = %self.input.execution_id, limit = MAX_TARGETS, "Dropped an attach-callback signal: the execution has as many callers as it takes.");
+            tracing::warn!(execution_id = %self.input.execution_id, limit = MAX_CALLBACK_TARGETS, "Dropped an attach-callback signal: the execution has as many callers as it takes.");
             return;
         }
         self.targets.push(target);

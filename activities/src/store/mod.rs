@@ -178,6 +178,24 @@ pub struct PruneCounts {
 /// between batches). Smaller in tests, so that the conformance suite crosses batches cheaply.
 const PRUNE_BATCH: i64 = if cfg!(test) { 100 } else { 1000 };
 
+/// Runs `batch` (one `DELETE` of at most [`PRUNE_BATCH`] rows, returning how many went) until
+/// a batch comes back short; the total. The rule both backends prune by: each keeps only its
+/// SQL.
+// A closure returning a future, not an `AsyncFnMut`: the stores' futures must be `Send`.
+async fn delete_in_batches<F>(mut batch: impl FnMut(i64) -> F) -> Result<u64>
+where
+    F: Future<Output = Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = batch(PRUNE_BATCH).await?;
+        total += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// What [`ExecutionStore::begin_execution`] found or made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BeginOutcome {

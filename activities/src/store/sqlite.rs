@@ -225,20 +225,16 @@ impl SqliteStore {
     /// Runs a `DELETE ... LIMIT ?2` of rows older than `?1` until a batch comes back short:
     /// each batch is its own transaction, so other writers get the lock in between.
     async fn delete_in_batches(&self, sql: &str, cutoff: &str) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(sql)
+        super::delete_in_batches(|limit| async move {
+            sqlx::query(sql)
                 .bind(cutoff)
-                .bind(super::PRUNE_BATCH)
+                .bind(limit)
                 .execute(&self.pool)
                 .await
-                .map_err(StoreError::from_sqlx)?
-                .rows_affected();
-            total += deleted;
-            if deleted < super::PRUNE_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::from_sqlx)
+        })
+        .await
     }
 
     async fn add_history(
