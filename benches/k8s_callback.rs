@@ -6,10 +6,16 @@
 //!
 //! `scripts/bench-k8s.sh [operations]` runs it. Under `cargo test` (no `--bench` argument) it
 //! only says how to run it: it measures, it does not test.
-#![allow(missing_docs, dead_code)]
+#![allow(
+    missing_docs,
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    clippy::unwrap_used
+)]
 
-#[path = "../tests/worker/harness.rs"]
-mod harness;
+#[path = "../tests/worker/rigs/mod.rs"]
+mod rigs;
 
 use std::{
     collections::HashMap,
@@ -31,7 +37,7 @@ use kube::{
 };
 use serde_json::json;
 
-use harness::{Outcome, WorkerOpts, client, kube_client, kube_rig, mark_ready, spawn_worker};
+use rigs::{Outcome, WorkerOpts, client, kube_client, kube_rig, mark_ready, spawn_worker};
 
 const TENANT_LABEL: &str = "compute-worker/tenant";
 
@@ -221,7 +227,7 @@ async fn main() -> Result<()> {
         if let Some(a) = available_at.lock().unwrap().get(tenant) {
             controller.push(ms(*a - ready));
         }
-        let signal = harness::signals_with_times(id)
+        let signal = rigs::signals_with_times(id)
             .into_iter()
             .find(|(name, _)| name == "compute-provisioned")
             .map(|(_, at)| at);

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 TEMPORAL=$(scripts/install-tools.sh)
-cargo build --locked --bin compute-worker
+# Only what the demo runs: the local provider and the SQLite store (no AWS, kube or HTTP
+# client crate is compiled).
+cargo build --locked --bin compute-worker --no-default-features --features local,sqlite
 worker_bin="${CARGO_TARGET_DIR:-target}/debug/compute-worker"
 mkdir -p .compute-worker
 port=${TEMPORAL_PORT:-7233}

@@ -10,5 +10,20 @@ export TEMPORAL_BIN
 # The first run builds kube-apiserver and kube-controller-manager (10-15 min, then cached).
 scripts/k8s-rig.sh build
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --all-targets --locked
+# The full feature set (every provider and sink, and ecs-default-vpc) is linted and tested; the
+# minimal one (`local,sqlite`: no AWS, kube or HTTP client) must build and lint clean too, and
+# its unit tests show that a backend left out is refused with the feature's name.
+full=(--features ecs-default-vpc)
+minimal=(--no-default-features --features local,sqlite)
+cargo clippy --workspace --all-targets --locked "${full[@]}" -- -D warnings
+cargo clippy -p compute-worker -p compute-activities --lib --bins --locked "${minimal[@]}" -- -D warnings
+cargo test -p compute-worker -p compute-activities --lib --bins --locked "${minimal[@]}"
+if cargo tree -p compute-worker -e normal "${minimal[@]}" --prefix none | grep -E '^(aws-(config|sdk-|smithy|runtime|types|sigv4|credential)|kube|k8s-openapi|reqwest|sqlx-postgres) '; then
+  echo "the minimal build pulls a crate it must not (above)" >&2
+  exit 1
+fi
+if cargo tree -p compute-workflows -e normal --prefix none | grep -E '^(aws-(config|sdk-|smithy|runtime|types|sigv4|credential)|kube|k8s-openapi|reqwest|sqlx)'; then
+  echo "compute-workflows pulls a backend crate (above): it must depend on the contract only" >&2
+  exit 1
+fi
+cargo test --workspace --all-targets --locked "${full[@]}"

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         Command::RetryPolicy => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&compute_activities::error::retry_policy_document())?
+                serde_json::to_string_pretty(&compute_contract::error::retry_policy_document())?
             );
             Ok(())
         }

@@ -5,6 +5,9 @@
 //!
 //! `cargo run -p compute-activities --example ecs_tracking_bench -- [executions] [cycles]`
 
+// A benchmark: a failed unwrap is a failed run.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use compute_activities::{

@@ -1,23 +1,22 @@
-//! compute-activities: the contract, the error table, the providers, the execution store and
-//! the activities of compute-worker.
+//! compute-activities: the providers, the execution store, the callback sinks and the
+//! activities of compute-worker.
 //!
-//! Workflow code (in `compute-workflows`) depends on this crate for the contract types and
-//! the activity definitions; nothing here depends on workflow code.
+//! The contract (types, names, error table, validation) lives in `compute-contract` and is
+//! re-exported here under its old paths; workflow code depends on the contract only.
 
 // ComputeError is the one error type crossing into Temporal; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
 pub mod activities;
+#[cfg(feature = "aws")]
+pub(crate) mod aws;
 pub mod callback;
-pub mod contract;
-pub mod error;
 pub mod faults;
-pub mod input;
-pub mod names;
 pub mod provider;
 pub mod store;
 pub mod sweep;
-pub mod validate;
+
+pub use compute_contract::{error, input, messages, names, types as contract, validate};
 
 pub use activities::ComputeActivities;
 

@@ -137,7 +137,7 @@ pub async fn remove_orphans(provider: &dyn ComputeProvider, orphans: &[Orphan]) 
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::time::Duration;
 

@@ -28,6 +28,8 @@
 //!
 //! `FUZZ_CASES` sets the number of cases per activity (default 5000).
 
+// A test crate: its helpers are `pub` for nothing, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
 #![allow(missing_docs)]
 #![allow(clippy::result_large_err)]
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ecs::{self, Rig},
-    harness::{Fault, TestWorker, WorkerOpts, client, spawn_worker, started_activity_attempts},
+    rigs::{Fault, TestWorker, WorkerOpts, client, spawn_worker, started_activity_attempts},
 };
 
 /// The execution's attempts once `done` holds for them (the tracker records its last activity

@@ -30,7 +30,7 @@ use compute_activities::store;
 use serde_json::{Value, json};
 use temporalio_client::Client;
 
-use crate::harness::{
+use crate::rigs::{
     EcsNetwork, Fault, FaultProxy, MotoServer, Outcome, TestWorker, WorkerOpts, client, ecs_client,
     fault_proxy, moto_server, query_status, signals_received, spawn_worker,
     started_activity_attempts as activity_attempts, workflow_show_everything,
@@ -1035,7 +1035,7 @@ async fn ecs_worker_killed_mid_operation_loses_nothing() {
     rig.proxy.clear();
 
     let tracker = format!("compute-execution-{execution_id}");
-    let status = crate::harness::wait_result(&client, &tracker).await;
+    let status = crate::rigs::wait_result(&client, &tracker).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(
         str_of(&status, "/resourceIds/ecsServiceArn"),
@@ -1060,6 +1060,7 @@ async fn ecs_worker_killed_mid_operation_loses_nothing() {
 }
 
 /// No subnets configured: FARGATE services get the default VPC's subnets and security group.
+#[cfg(feature = "ecs-default-vpc")]
 #[tokio::test]
 async fn ecs_default_vpc_is_used_without_configured_subnets() {
     let rig = Rig::start().await;

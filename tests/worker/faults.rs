@@ -22,7 +22,7 @@ use temporalio_common::{
     data_converters::{PayloadConverter, RawValue},
 };
 
-use crate::harness::{
+use crate::rigs::{
     self, TestWorker, WorkerOpts, client, kube_client, kube_rig, mark_ready, postgres_database,
     processes_with, query_status, spawn_shared_worker, spawn_worker,
 };
@@ -53,7 +53,7 @@ impl SharedLocalDir {
 
 impl Drop for SharedLocalDir {
     fn drop(&mut self) {
-        harness::stop_local_workloads(self.0.path());
+        rigs::stop_local_workloads(self.0.path());
     }
 }
 
@@ -350,14 +350,9 @@ async fn two_workers_on_one_queue_sharing_postgres_complete_each_operation_once(
             let id = format!("shared-{operation}-{i}");
             let (client, task_queue) = (&client, &task_queue);
             async move {
-                let outcome = harness::start_and_wait(
-                    client,
-                    task_queue,
-                    "TenantComputeWorkflow",
-                    &id,
-                    input,
-                )
-                .await;
+                let outcome =
+                    rigs::start_and_wait(client, task_queue, "TenantComputeWorkflow", &id, input)
+                        .await;
                 (id, outcome)
             }
         }));
@@ -431,7 +426,7 @@ async fn two_workers_on_one_queue_sharing_postgres_complete_each_operation_once(
 #[tokio::test]
 async fn temporal_stopped_for_10_s_every_callback_is_delivered_afterwards() {
     const OPERATIONS: usize = 4;
-    let mut server = harness::own_temporal_server();
+    let mut server = rigs::own_temporal_server();
     let worker = spawn_worker(
         "fault-temporal",
         WorkerOpts {
@@ -514,7 +509,7 @@ async fn temporal_stopped_for_10_s_every_callback_is_delivered_afterwards() {
 /// the retriable STORE_UNAVAILABLE and completes once Postgres is back.
 #[tokio::test]
 async fn store_unavailable_is_retriable_and_completes_after_postgres_returns() {
-    let pg = harness::own_postgres();
+    let pg = rigs::own_postgres();
     let local = SharedLocalDir::new();
     let task_queue = format!("fault-pg-{}", std::process::id());
     let worker = spawn_shared_worker(&task_queue, &pg.url, local.path(), WorkerOpts::default());
@@ -540,7 +535,7 @@ async fn store_unavailable_is_retriable_and_completes_after_postgres_returns() {
     let (outcome, ()) = tokio::join!(run, watch);
     let status = outcome.completed();
     assert_eq!(status["state"], "succeeded", "{status}");
-    let attempts = harness::started_activity_attempts("pgdown-1", names::PROVISION_ACTIVITY);
+    let attempts = rigs::started_activity_attempts("pgdown-1", names::PROVISION_ACTIVITY);
     let last_attempt = attempts.iter().copied().max().unwrap_or(0);
     assert!(last_attempt >= 2, "{attempts:?}");
     let failures = worker

@@ -24,7 +24,7 @@ use compute_activities::{
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{WorkerOpts, spawn_worker, started_activity_attempts, workflow_history},
+    rigs::{WorkerOpts, spawn_worker, started_activity_attempts, workflow_history},
     secret_scan::{occurrences, sqlite_dump},
 };
 
@@ -245,7 +245,7 @@ fn named_tenant(input: &Value) -> Option<String> {
 }
 
 /// Runs the calls through the Python caller in batches that fit one command-line argument.
-fn call_in_batches(worker: &crate::harness::TestWorker, calls: &[Value]) -> Vec<Value> {
+fn call_in_batches(worker: &crate::rigs::TestWorker, calls: &[Value]) -> Vec<Value> {
     let mut results = Vec::new();
     let mut batch: Vec<Value> = Vec::new();
     let mut size = 0;

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use temporalio_client::Client;
 
 use crate::ecs::input;
-use crate::harness::{
+use crate::rigs::{
     Outcome, TestWorker, WorkerOpts, client, container_id, k8s_now, kube_client, kube_rig,
     mark_ready, pod_image, query_status, signals_received, signals_with_times, spawn_worker,
     started_activity_attempts, worker_log_tail,

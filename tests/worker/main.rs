@@ -1,6 +1,7 @@
 //! Integration tests: the real worker binary against a real Temporal dev server, with callers
 //! in Rust (TenantComputeWorkflow), Python (`temporalio`) and the `temporal` CLI.
-#![allow(missing_docs)]
+// A test crate: its helpers are `pub` for its own modules, and a failed unwrap is a failed test.
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod audit;
 mod callbacks;
@@ -8,15 +9,15 @@ mod deploy;
 mod ecs;
 mod faults;
 mod fuzz;
-mod harness;
 mod kubernetes;
 mod postgres_tls;
+mod rigs;
 mod secret_scan;
 mod sweep;
 mod trust;
 
 use compute_activities::{contract::TenantState, store};
-use harness::{
+use rigs::{
     WorkerOpts, alive, cli, client, processes_with, query_status, spawn_worker,
     workflow_show_everything,
 };
@@ -538,7 +539,7 @@ async fn a_worker_killed_mid_operation_loses_nothing() {
     // kill -9 while the tracker waits for the settle time; a new worker takes over.
     worker.crash_and_restart();
     let tracker = format!("compute-execution-{execution_id}");
-    let status = harness::wait_result(&client, &tracker).await;
+    let status = rigs::wait_result(&client, &tracker).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     let pid = pid_of(&status);
     assert!(alive(pid));

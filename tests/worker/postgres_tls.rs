@@ -11,14 +11,10 @@ use compute_activities::{
 };
 use serde_json::json;
 
-use crate::harness::{as_postgres, free_port, postgres_bin_dir};
+use crate::rigs::OwnPostgres;
 
 /// A cluster listening on 127.0.0.1 and 127.0.0.2 with TLS only, stopped when dropped.
-struct TlsPostgres {
-    port: u16,
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-}
+struct TlsPostgres(OwnPostgres);
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -32,13 +28,8 @@ fn run(cmd: &mut Command) {
 
 impl TlsPostgres {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pg = TlsPostgres {
-            port: free_port(),
-            bin: postgres_bin_dir(),
-            dir,
-        };
-        let path = pg.dir.path();
+        let mut pg = TlsPostgres(OwnPostgres::unstarted());
+        let path = pg.0.dir().to_path_buf();
         // A leaf (CA:FALSE: webpki refuses a CA certificate as a server's), self-signed, so it
         // is its own trust anchor for `sslrootcert`.
         std::fs::write(
@@ -61,84 +52,42 @@ impl TlsPostgres {
             .arg(pg.key())
             .arg("-out")
             .arg(pg.cert()));
-        run(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path));
         run(Command::new("chmod").arg("0600").arg(pg.key()));
-        let data = path.join("data");
-        as_postgres(
-            &pg.bin.join("initdb"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-            ],
-        )
-        .expect("initdb");
+        pg.0.initdb();
         // TLS or nothing over TCP: no `host` line, so a plain connection finds no entry.
         std::fs::write(
-            data.join("pg_hba.conf"),
+            pg.0.data_dir().join("pg_hba.conf"),
             "local all all trust\nhostssl all all 127.0.0.0/8 trust\n",
         )
         .unwrap();
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1,127.0.0.2 -c fsync=off -c ssl=on \
+        let options = format!(
+            "-c listen_addresses=127.0.0.1,127.0.0.2 -c fsync=off -c ssl=on \
              -c ssl_cert_file={} -c ssl_key_file={}",
-            pg.port,
-            path.display(),
             pg.cert().display(),
             pg.key().display()
         );
-        as_postgres(
-            &pg.bin.join("pg_ctl"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-w",
-                "-l",
-                path.join("pg.log").to_str().unwrap(),
-                "-o",
-                &opts,
-                "start",
-            ],
-        )
-        .expect("pg_ctl start");
+        pg.0.set_options(options);
+        pg.0.start();
         pg
     }
 
     fn cert(&self) -> PathBuf {
-        self.dir.path().join("server.crt")
+        self.0.dir().join("server.crt")
     }
 
     fn key(&self) -> PathBuf {
-        self.dir.path().join("server.key")
+        self.0.dir().join("server.key")
     }
 
     fn url(&self, host: &str, params: &str) -> String {
-        format!("postgres://postgres@{host}:{}/postgres?{params}", self.port)
+        format!(
+            "postgres://postgres@{host}:{}/postgres?{params}",
+            self.0.port()
+        )
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pg.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for TlsPostgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = as_postgres(
-            &self.bin.join("pg_ctl"),
-            &[
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-w",
-                "-m",
-                "immediate",
-                "stop",
-            ],
-        );
+        self.0.log()
     }
 }
 

@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 
 use crate::{
     fuzz::{Rng, files_under},
-    harness::{
+    rigs::{
         MotoServer, TestWorker, WorkerOpts, cli, client, http, kube_client, kube_rig, mark_ready,
         moto_server, spawn_worker, worker_log_tail, workflow_show_everything,
     },
@@ -370,7 +370,7 @@ async fn run_ok(
     input: Value,
 ) -> Value {
     match worker.run_tenant_workflow(client, id, input).await {
-        crate::harness::Outcome::Completed(v) if v["state"] == "succeeded" => v,
+        crate::rigs::Outcome::Completed(v) if v["state"] == "succeeded" => v,
         other => panic!(
             "{id} did not succeed: {other:?}\nworker log tail:\n{}",
             worker_log_tail(&worker.log(), 20)

@@ -9,7 +9,7 @@ use compute_activities::{
 };
 use serde_json::{Value, json};
 
-use crate::harness::{TestWorker, WorkerOpts, alive, client, spawn_worker};
+use crate::rigs::{TestWorker, WorkerOpts, alive, client, spawn_worker};
 
 /// Runs `compute-worker sweep --json` over a store, with the provider's arguments and
 /// environment.

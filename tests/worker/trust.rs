@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{
+    rigs::{
         Outcome, WorkerOpts, cli, client, postgres_database, query_status, spawn_shared_worker,
         spawn_worker, start_and_wait, started_activity_attempts, wait_result, workflow_history,
         workflow_show_everything,

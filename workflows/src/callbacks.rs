@@ -4,11 +4,11 @@
 
 use std::{pin::pin, time::Duration};
 
-use compute_activities::{
-    ComputeActivities,
-    activities::{DeliverInput, HeartbeatInput, HeartbeatOutcome},
-    contract::{CallbackTarget, ComputeCallback},
+use compute_contract::{
+    activity,
     input::raw,
+    messages::{DeliverInput, HeartbeatInput, HeartbeatOutcome},
+    types::{CallbackTarget, ComputeCallback},
 };
 use futures::FutureExt;
 use temporalio_common::RetryPolicy;
@@ -26,7 +26,7 @@ pub async fn deliver<W>(
     let (state, sequence) = (callback.state, callback.sequence);
     let outcome = ctx
         .execute_activity(
-            ComputeActivities::deliver_compute_callback,
+            activity::DeliverCallback,
             raw(&DeliverInput {
                 target: target.clone(),
                 callback,
@@ -104,7 +104,7 @@ pub async fn with_heartbeats<W, T>(
             continue;
         }
         let mut beat = pin!(ctx.execute_activity(
-            ComputeActivities::heartbeat_compute_callbacks,
+            activity::HeartbeatCallbacks,
             raw(&input),
             heartbeat_options(interval),
         ));
@@ -125,7 +125,7 @@ pub async fn with_heartbeats<W, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use compute_activities::contract::{StepFunctionsCallback, TemporalCallback};
+    use compute_contract::types::{StepFunctionsCallback, TemporalCallback};
 
     fn sfn(seconds: Option<u32>) -> CallbackTarget {
         CallbackTarget::StepFunctions(StepFunctionsCallback {

@@ -14,7 +14,7 @@ pub mod policy;
 pub mod tenant;
 pub mod tracker;
 
-use compute_activities::{ComputeError, ErrorCode};
+use compute_contract::{ComputeError, ErrorCode};
 use temporalio_common::error::IncomingError;
 use temporalio_sdk::{ActivityExecutionError, WorkflowTermination};
 

@@ -2,13 +2,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use compute_activities::{
+use compute_contract::{
     ComputeError, ErrorCode,
-    contract::Operation,
     error::{
         Classification, DEFAULT_BACKOFF_COEFFICIENT, DEFAULT_INITIAL_INTERVAL,
         DEFAULT_MAXIMUM_INTERVAL, non_retryable_codes,
     },
+    types::Operation,
     validate::parse_duration,
 };
 use serde::{Deserialize, Serialize};

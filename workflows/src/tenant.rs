@@ -7,15 +7,16 @@
 
 use std::time::Duration;
 
-use compute_activities::{
-    ComputeActivities, ComputeError, ErrorCode,
-    activities::{HeartbeatInput, InterventionInput, TENANT_ID_KEY},
-    contract::{
+use compute_contract::{
+    ComputeError, ErrorCode, activity,
+    input::{self, raw},
+    messages::{HeartbeatInput, InterventionInput, TENANT_ID_KEY},
+    names,
+    types::{
         CallbackTarget, ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus,
         Operation,
     },
-    input::{self, raw},
-    names, validate,
+    validate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -159,7 +160,7 @@ impl TenantComputeWorkflow {
         if let Some(request) = request.filter(|r| r.get("callback").is_some()) {
             let target = ctx
                 .execute_activity(
-                    ComputeActivities::check_compute_callback,
+                    activity::CheckCallback,
                     raw(&request),
                     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30)).build(),
                 )
@@ -340,7 +341,7 @@ impl TenantComputeWorkflow {
                     let tenant_id = ctx.state(|s| s.view.tenant_id.clone());
                     if let (Some(tenant_id), Some(execution_id)) = (tenant_id, execution_id) {
                         ctx.execute_activity(
-                            ComputeActivities::mark_tenant_requires_intervention,
+                            activity::MarkTenantIntervention,
                             raw(&InterventionInput {
                                 tenant_id,
                                 execution_id,
@@ -373,19 +374,15 @@ impl TenantComputeWorkflow {
         let options = start_options(&input.policy);
         let handle: Result<ExecutionHandle, ActivityExecutionError> = match input.operation {
             Operation::Provision => {
-                ctx.execute_activity(
-                    ComputeActivities::provision_tenant_compute,
-                    request,
-                    options,
-                )
-                .await
+                ctx.execute_activity(activity::Provision, request, options)
+                    .await
             }
             Operation::Update => {
-                ctx.execute_activity(ComputeActivities::update_tenant_compute, request, options)
+                ctx.execute_activity(activity::Update, request, options)
                     .await
             }
             Operation::Delete => {
-                ctx.execute_activity(ComputeActivities::delete_tenant_compute, request, options)
+                ctx.execute_activity(activity::Delete, request, options)
                     .await
             }
         };
@@ -445,7 +442,7 @@ impl TenantComputeWorkflow {
         execution_id: &str,
     ) -> Result<ExecutionStatus, ComputeError> {
         ctx.execute_activity(
-            ComputeActivities::get_compute_execution,
+            activity::GetExecution,
             raw(&serde_json::json!({ "executionId": execution_id })),
             read_options(policy),
         )
@@ -469,7 +466,7 @@ impl TenantComputeWorkflow {
         });
         let handle = ctx
             .execute_activity(
-                ComputeActivities::delete_tenant_compute,
+                activity::Delete,
                 raw(&request),
                 start_options(&input.policy),
             )

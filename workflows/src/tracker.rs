@@ -19,15 +19,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use compute_activities::{
-    ComputeActivities, ComputeError,
-    activities::{
+use compute_contract::{
+    ComputeError, activity,
+    input::raw,
+    messages::{
         AttachCallback, HeartbeatInput, MAX_CALLBACK_TARGETS, TENANT_ID_KEY, TrackerInput,
         WatchInput,
     },
-    contract::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus, Operation},
-    input::raw,
     names,
+    types::{CallbackTarget, ComputeCallback, ExecutionState, ExecutionStatus, Operation},
 };
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -326,7 +326,7 @@ impl ComputeExecutionTracker {
         ctx.upsert_search_attributes([TENANT_ID_KEY.value_set(input.tenant_id.clone())]);
         let first = ctx
             .execute_activity(
-                ComputeActivities::get_compute_execution,
+                activity::GetExecution,
                 raw(&serde_json::json!({ "executionId": input.execution_id })),
                 persistent_options(),
             )
@@ -350,7 +350,7 @@ impl ComputeExecutionTracker {
         while !status.state.is_final() {
             let known_progress = status.progress.clone();
             let mut watch = pin!(ctx.execute_activity(
-                ComputeActivities::watch_compute_execution,
+                activity::WatchExecution,
                 raw(&WatchInput {
                     execution_id: input.execution_id.clone(),
                     known_progress,
@@ -371,7 +371,7 @@ impl ComputeExecutionTracker {
                     timer = None;
                     let timed_out = ctx
                         .execute_activity(
-                            ComputeActivities::mark_compute_execution_timed_out,
+                            activity::MarkTimedOut,
                             raw(&input.execution_id),
                             persistent_options(),
                         )

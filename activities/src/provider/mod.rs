@@ -15,6 +15,9 @@ use crate::{
 };
 
 pub mod ecs;
+// Only the ECS and Kubernetes providers use the kit.
+#[cfg_attr(not(any(feature = "ecs", feature = "kubernetes")), allow(dead_code))]
+pub(crate) mod kit;
 pub mod kubernetes;
 pub mod local;
 
@@ -134,15 +137,75 @@ pub enum ProviderConfig {
 /// Builds the configured provider.
 pub async fn build(config: &ProviderConfig) -> Result<Arc<dyn ComputeProvider>> {
     match config {
+        #[cfg(feature = "local")]
         ProviderConfig::Local(c) => Ok(Arc::new(local::LocalProvider::new(c.clone())?)),
+        #[cfg(feature = "ecs")]
         ProviderConfig::Ecs(c) => Ok(Arc::new(ecs::EcsProvider::new(c.clone()).await?)),
+        #[cfg(feature = "kubernetes")]
         ProviderConfig::Kubernetes(c) => Ok(Arc::new(
             kubernetes::KubernetesProvider::new(c.clone()).await?,
         )),
+        #[allow(unreachable_patterns)]
+        other => Err(not_compiled(other.name())),
+    }
+}
+
+/// The start-up error for a provider this worker was built without.
+fn not_compiled(name: &str) -> ComputeError {
+    ComputeError::invalid(format!(
+        "the {name} provider is not compiled into this worker: build it with the cargo \
+         feature `{name}` (e.g. `cargo build --release --features {name}`)"
+    ))
+}
+
+impl ProviderConfig {
+    /// The provider's name, as `--provider` takes it and as the store records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProviderConfig::Local(_) => "local",
+            ProviderConfig::Ecs(_) => "ecs",
+            ProviderConfig::Kubernetes(_) => "kubernetes",
+        }
     }
 }
 
 /// Default directory of the local provider's state.
 pub fn default_local_state_dir() -> PathBuf {
     PathBuf::from(".compute-worker/local")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    /// A worker built without a provider still knows its name, and says which feature builds
+    /// it (a minimal build runs these; a full build compiles every provider in).
+    #[tokio::test]
+    async fn a_provider_left_out_of_the_build_is_refused_with_its_feature() {
+        let configs: Vec<ProviderConfig> = vec![
+            #[cfg(not(feature = "local"))]
+            ProviderConfig::Local(local::LocalConfig::default()),
+            #[cfg(not(feature = "ecs"))]
+            ProviderConfig::Ecs(ecs::EcsConfig {
+                subnets: vec!["subnet-1".into()],
+                ..ecs::EcsConfig::default()
+            }),
+            #[cfg(not(feature = "kubernetes"))]
+            ProviderConfig::Kubernetes(kubernetes::KubernetesConfig::default()),
+        ];
+        for config in configs {
+            let Err(e) = build(&config).await else {
+                panic!("{} is not compiled in", config.name());
+            };
+            assert_eq!(e.code, ErrorCode::InvalidConfiguration);
+            assert!(!e.retriable);
+            assert!(
+                e.message
+                    .contains(&format!("cargo feature `{}`", config.name())),
+                "{}",
+                e.message
+            );
+        }
+    }
 }

@@ -3,6 +3,9 @@
 //! [`run_all`] needs a fresh database (tenant names are fixed); [`concurrent_begins`] and
 //! [`concurrent_writers`] take two stores on the same database, as two workers would have.
 
+// Test support (compiled only under cfg(test)): a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::json;

@@ -4,38 +4,50 @@
 //! One trait, [`ExecutionStore`], with one implementation per database: SQLite (embedded, one
 //! worker or several on one host) and Postgres (several workers on several hosts sharing one
 //! database); [`connect`] picks one by the URL's scheme. The rules every backend shares (how an
-//! execution id is derived, which transitions are allowed, what a transition does to the
-//! tenant) are plain functions here, so backends only store and load.
+//! execution id is derived, when a request attaches to an execution, which transitions are
+//! allowed and what each does to the execution and its tenant) are plain functions in
+//! [`rules`], and rows decode into records in one place too, so backends only store and load.
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::{
     contract::{
         AttemptRecord, CallbackDelivery, ComputeSpec, DeliveryState, ExecutionState,
         ExecutionStatus, Operation, Progress, ResourceIds, TenantState,
     },
-    error::{Classification, ComputeError, ErrorCode},
+    error::{ComputeError, ErrorCode},
 };
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 pub mod conformance;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rows;
+pub mod rules;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+pub use rules::{
+    attaches_to_latest, derive_execution_id, spec_hash, tenant_state_after, tenant_state_on_begin,
+};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The database could not be reached, was busy or timed out: worth retrying.
     #[error("the execution store is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// Anything else the database said: a bug or a schema mismatch.
     #[error("the execution store failed: {0}")]
     Database(#[source] sqlx::Error),
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// Migrations could not run.
     #[error("the execution store's migrations failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -48,6 +60,11 @@ pub enum StoreError {
          postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE): {0}"
     )]
     UnsupportedUrl(String),
+    /// The URL names a store this worker was built without.
+    #[error(
+        "the {0} store is not compiled into this worker: build it with the cargo feature `{0}`"
+    )]
+    NotCompiled(&'static str),
     /// No such execution.
     #[error("execution {0} does not exist")]
     ExecutionNotFound(String),
@@ -57,6 +74,7 @@ impl StoreError {
     /// Classifies a driver error at the source: connection trouble, pool timeouts, a busy or
     /// locked database and a lost race (serialization failure, deadlock, lock wait timed out)
     /// are transient; the rest is not.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub fn from_sqlx(e: sqlx::Error) -> Self {
         let transient = match &e {
             sqlx::Error::Io(_)
@@ -91,6 +109,7 @@ impl StoreError {
     /// The classified error an activity returns.
     pub fn to_compute_error(&self) -> ComputeError {
         match self {
+            #[cfg(any(feature = "sqlite", feature = "postgres"))]
             StoreError::Unavailable(_) => ComputeError::new(
                 ErrorCode::StoreUnavailable,
                 "the execution store is unavailable",
@@ -100,6 +119,7 @@ impl StoreError {
                 ErrorCode::NotFound,
                 format!("execution {id} does not exist"),
             ),
+            StoreError::NotCompiled(_) => ComputeError::invalid(self.to_string()),
             _ => ComputeError::internal("the execution store failed").with_root_cause(self),
         }
     }
@@ -176,12 +196,14 @@ pub struct PruneCounts {
 /// How many rows one pruning statement deletes at most: each batch is its own short
 /// transaction, so pruning a huge table never holds a lock for long (other writers get in
 /// between batches). Smaller in tests, so that the conformance suite crosses batches cheaply.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const PRUNE_BATCH: i64 = if cfg!(test) { 100 } else { 1000 };
 
 /// Runs `batch` (one `DELETE` of at most [`PRUNE_BATCH`] rows, returning how many went) until
 /// a batch comes back short; the total. The rule both backends prune by: each keeps only its
 /// SQL.
 // A closure returning a future, not an `AsyncFnMut`: the stores' futures must be `Send`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn delete_in_batches<F>(mut batch: impl FnMut(i64) -> F) -> Result<u64>
 where
     F: Future<Output = Result<u64>>,
@@ -258,50 +280,6 @@ pub struct DeliveryAttempt {
     /// When the attempt was made.
     pub at: DateTime<Utc>,
 }
-
-/// Decodes one `callback_deliveries` row from its columns (shared by the backends).
-#[allow(clippy::too_many_arguments)]
-fn decode_delivery(
-    target: String,
-    kind: String,
-    state: &str,
-    sequence: i64,
-    attempts: i64,
-    outcome: &str,
-    last_error: Option<String>,
-    first_attempt_at: DateTime<Utc>,
-    last_attempt_at: DateTime<Utc>,
-) -> Result<CallbackDelivery> {
-    Ok(CallbackDelivery {
-        target,
-        kind,
-        state: ExecutionState::parse(state)
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery state {state:?}")))?,
-        sequence: u32::try_from(sequence)
-            .map_err(|e| StoreError::Corrupt(format!("delivery sequence: {e}")))?,
-        attempts: u32::try_from(attempts)
-            .map_err(|e| StoreError::Corrupt(format!("delivery attempts: {e}")))?,
-        outcome: DeliveryState::parse(outcome)
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery outcome {outcome:?}")))?,
-        last_error,
-        first_attempt_at,
-        last_attempt_at,
-    })
-}
-
-/// The upsert both backends run for [`ExecutionStore::record_delivery`] (SQLite and Postgres
-/// share the `ON CONFLICT` syntax; only the placeholders differ).
-const RECORD_DELIVERY_SQL: &str = "INSERT INTO callback_deliveries (execution_id, target, kind, \
-     state, sequence, attempts, outcome, last_error, first_attempt_at, last_attempt_at) \
-     VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8) \
-     ON CONFLICT (execution_id, target, state) DO UPDATE SET \
-       attempts = callback_deliveries.attempts + 1, \
-       sequence = excluded.sequence, \
-       outcome = CASE WHEN callback_deliveries.outcome = 'delivered' THEN 'delivered' \
-                      ELSE excluded.outcome END, \
-       last_error = CASE WHEN callback_deliveries.outcome = 'delivered' \
-                         THEN callback_deliveries.last_error ELSE excluded.last_error END, \
-       last_attempt_at = excluded.last_attempt_at";
 
 /// What [`ExecutionStore::transition`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -386,12 +364,18 @@ pub trait ExecutionStore: Send + Sync + 'static {
 /// `postgres://...` or `postgresql://...` for Postgres.
 pub async fn connect(url: &str) -> Result<Arc<dyn ExecutionStore>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(redact_url(url)))
+        #[cfg(feature = "sqlite")]
+        return Ok(Arc::new(sqlite::SqliteStore::connect(url).await?));
+        #[cfg(not(feature = "sqlite"))]
+        return Err(StoreError::NotCompiled("sqlite"));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::NotCompiled("postgres"));
+    }
+    Err(StoreError::UnsupportedUrl(redact_url(url)))
 }
 
 /// How often [`prune_periodically`] prunes, when the worker runs it.
@@ -510,135 +494,9 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-fn hex(bytes: &[u8], n: usize) -> String {
-    bytes
-        .iter()
-        .take(n / 2)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A stable hash of a spec (canonical JSON: maps are sorted).
-pub fn spec_hash(spec: Option<&ComputeSpec>) -> String {
-    let json = serde_json::to_vec(&spec).unwrap_or_default();
-    hex(&Sha256::digest(&json), 32)
-}
-
-/// The execution id of a request.
-///
-/// With an idempotency key: tenant + operation + key, whatever happened since. Without one:
-/// tenant + operation + spec hash + the tenant's generation, so repeating a request attaches
-/// to it while it is the tenant's latest, and the same spec after anything else in between
-/// (a delete, another update) is a new execution.
-pub fn derive_execution_id(
-    tenant_id: &str,
-    operation: Operation,
-    idempotency_key: Option<&str>,
-    spec_hash: &str,
-    generation: i64,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [tenant_id, operation.as_str()] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    match idempotency_key {
-        Some(key) => {
-            h.update(b"key\0");
-            h.update(key.as_bytes());
-        }
-        None => {
-            h.update(b"spec\0");
-            h.update(spec_hash.as_bytes());
-            h.update([0]);
-            h.update(generation.to_string().as_bytes());
-        }
-    }
-    format!(
-        "{tenant_id}-{}-{}",
-        operation.as_str(),
-        hex(&h.finalize(), 16)
-    )
-}
-
-/// Whether an unkeyed request attaches to the tenant's latest execution: same operation, same
-/// spec, no key, and not ended in failure (re-sending a failed request is a new attempt).
-pub fn attaches_to_latest(latest: &ExecutionRecord, new: &NewExecution) -> bool {
-    new.idempotency_key.is_none()
-        && latest.status.idempotency_key.is_none()
-        && latest.status.operation == new.operation
-        && latest.spec_hash == new.spec_hash
-        && !matches!(
-            latest.status.state,
-            ExecutionState::Failed | ExecutionState::Cancelled
-        )
-}
-
-/// The tenant's state when an operation starts.
-pub fn tenant_state_on_begin(operation: Operation) -> TenantState {
-    match operation {
-        Operation::Provision => TenantState::Provisioning,
-        Operation::Update => TenantState::Updating,
-        Operation::Delete => TenantState::Deleting,
-    }
-}
-
-/// The tenant's state after its latest execution enters `state`, if it changes.
-pub fn tenant_state_after(
-    operation: Operation,
-    state: ExecutionState,
-    error: Option<&ComputeError>,
-) -> Option<TenantState> {
-    match state {
-        ExecutionState::Succeeded => Some(match operation {
-            Operation::Provision | Operation::Update => TenantState::Active,
-            Operation::Delete => TenantState::Deleted,
-        }),
-        ExecutionState::Failed | ExecutionState::Cancelled => Some(
-            if error.map(|e| e.classification) == Some(Classification::RequiresManualIntervention) {
-                TenantState::RequiresManualIntervention
-            } else {
-                TenantState::Failed
-            },
-        ),
-        ExecutionState::Pending | ExecutionState::Running | ExecutionState::TimedOut => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn execution_ids_are_deterministic_and_distinct() {
-        let a = derive_execution_id("t", Operation::Provision, Some("k"), "h1", 1);
-        assert_eq!(
-            a,
-            derive_execution_id("t", Operation::Provision, Some("k"), "h2", 9)
-        );
-        assert_ne!(
-            a,
-            derive_execution_id("t", Operation::Update, Some("k"), "h1", 1)
-        );
-        assert_ne!(
-            a,
-            derive_execution_id("u", Operation::Provision, Some("k"), "h1", 1)
-        );
-        let b = derive_execution_id("t", Operation::Provision, None, "h1", 1);
-        assert_eq!(
-            b,
-            derive_execution_id("t", Operation::Provision, None, "h1", 1)
-        );
-        assert_ne!(
-            b,
-            derive_execution_id("t", Operation::Provision, None, "h1", 2)
-        );
-        assert_ne!(
-            b,
-            derive_execution_id("t", Operation::Provision, None, "h2", 1)
-        );
-        assert!(b.starts_with("t-provision-") && b.len() == "t-provision-".len() + 16);
-    }
 
     #[test]
     fn urls_are_redacted() {
@@ -705,6 +563,30 @@ mod tests {
         }
     }
 
+    /// A minimal build names the store it left out and the feature that builds it.
+    #[tokio::test]
+    async fn a_store_left_out_of_the_build_is_refused_with_its_feature() {
+        let left_out: &[(&str, &str)] = &[
+            #[cfg(not(feature = "sqlite"))]
+            ("sqlite::memory:", "sqlite"),
+            #[cfg(not(feature = "postgres"))]
+            ("postgres://app:hunter2@db/x", "postgres"),
+        ];
+        for &(url, feature) in left_out {
+            let e = connect(url).await.err().unwrap();
+            assert!(
+                matches!(e, StoreError::NotCompiled(f) if f == feature),
+                "{e}"
+            );
+            assert!(
+                e.to_string()
+                    .contains(&format!("cargo feature `{feature}`"))
+            );
+            assert!(!e.to_string().contains("hunter2"));
+            assert_eq!(e.to_compute_error().code, ErrorCode::InvalidConfiguration);
+        }
+    }
+
     #[test]
     fn retention_cutoffs_never_overflow() {
         let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
@@ -765,44 +647,5 @@ mod tests {
         }
         pruner.abort();
         assert_eq!(store.list_attempts("e").await.unwrap(), [recent]);
-    }
-
-    #[test]
-    fn spec_hash_ignores_nothing_that_matters() {
-        let mut s = ComputeSpec {
-            command: vec!["sleep".into()],
-            ..Default::default()
-        };
-        let h1 = spec_hash(Some(&s));
-        s.args = vec!["1".into()];
-        assert_ne!(h1, spec_hash(Some(&s)));
-        assert_ne!(spec_hash(None), h1);
-    }
-
-    #[test]
-    fn tenant_states_follow_operations() {
-        let manual = ComputeError::new(ErrorCode::PartialFailure, "x");
-        let plain = ComputeError::new(ErrorCode::WorkloadFailed, "x");
-        use ExecutionState::*;
-        assert_eq!(
-            tenant_state_after(Operation::Provision, Succeeded, None),
-            Some(TenantState::Active)
-        );
-        assert_eq!(
-            tenant_state_after(Operation::Delete, Succeeded, None),
-            Some(TenantState::Deleted)
-        );
-        assert_eq!(
-            tenant_state_after(Operation::Update, Failed, Some(&plain)),
-            Some(TenantState::Failed)
-        );
-        assert_eq!(
-            tenant_state_after(Operation::Update, Failed, Some(&manual)),
-            Some(TenantState::RequiresManualIntervention)
-        );
-        assert_eq!(
-            tenant_state_after(Operation::Provision, TimedOut, None),
-            None
-        );
     }
 }

@@ -30,9 +30,9 @@
 use std::{borrow::Cow, future::Future, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{
     PgConnection, PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions, PgRow},
@@ -40,13 +40,11 @@ use sqlx::{
 
 use super::{
     BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
-    Result, StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
-    derive_execution_id, tenant_state_after, tenant_state_on_begin,
+    Result, StoreError, TenantRecord, Transition, TransitionOutcome,
+    rows::{self, Columns, timestamp_text as ts},
+    rules::{self, Begin},
 };
-use crate::contract::{
-    AttemptOutcome, AttemptRecord, CallbackDelivery, ExecutionState, ExecutionStatus, HistoryEntry,
-    Operation, TenantState,
-};
+use crate::contract::{AttemptRecord, CallbackDelivery, ExecutionState, HistoryEntry, TenantState};
 
 /// How often an operation that lost a serialization race or a deadlock is tried in all.
 const ATTEMPTS: u32 = 5;
@@ -60,16 +58,17 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
-/// The columns of an execution, timestamps as epoch milliseconds (exact: every stored value has
-/// whole milliseconds, and the workspace's sqlx has no chrono support).
+/// The columns of an execution. Every timestamp column is read as epoch milliseconds under its
+/// own name (exact: every stored value has whole milliseconds, and the workspace's sqlx has no
+/// chrono support); timestamp parameters are bound as text and cast with `::timestamptz`.
 macro_rules! execution_columns {
     () => {
         "SELECT e.execution_id, e.tenant_id, e.operation, e.state, e.idempotency_key,
                 e.spec_hash, e.request, e.resource_ids, e.progress, e.error, e.timeout_ms,
-                (extract(epoch FROM e.created_at) * 1000)::bigint AS created_ms,
-                (extract(epoch FROM e.updated_at) * 1000)::bigint AS updated_ms,
-                (extract(epoch FROM e.started_at) * 1000)::bigint AS started_ms,
-                (extract(epoch FROM e.finished_at) * 1000)::bigint AS finished_ms"
+                (extract(epoch FROM e.created_at) * 1000)::bigint AS created_at,
+                (extract(epoch FROM e.updated_at) * 1000)::bigint AS updated_at,
+                (extract(epoch FROM e.started_at) * 1000)::bigint AS started_at,
+                (extract(epoch FROM e.finished_at) * 1000)::bigint AS finished_at"
     };
 }
 
@@ -87,15 +86,9 @@ macro_rules! history_column {
 macro_rules! tenant_columns {
     () => {
         "SELECT tenant_id, state, spec, resource_ids, last_execution_id, generation,
-                (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms
+                (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at
          FROM tenants WHERE tenant_id = $1"
     };
-}
-
-/// A timestamp as a parameter (bound as text and cast with `::timestamptz`: exact to the
-/// millisecond, and it needs no chrono support in sqlx).
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn from_ms(ms: i64) -> Result<DateTime<Utc>> {
@@ -141,6 +134,37 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(name).map_err(StoreError::from_sqlx)
+}
+
+/// Timestamps are epoch milliseconds, documents `jsonb`, integers `bigint` (the queries cast
+/// `integer` columns).
+impl Columns for PgRow {
+    fn text(&self, column: &str) -> Result<String> {
+        col(self, column)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        col(self, column)
+    }
+    fn integer(&self, column: &str) -> Result<i64> {
+        col(self, column)
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        col(self, column)
+    }
+    fn timestamp(&self, column: &str) -> Result<DateTime<Utc>> {
+        from_ms(self.integer(column)?)
+    }
+    fn opt_timestamp(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        col::<Option<i64>>(self, column)?.map(from_ms).transpose()
+    }
+    fn document<T: DeserializeOwned>(&self, column: &str) -> Result<T> {
+        from_doc(col(self, column)?)
+    }
+    fn opt_document<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>> {
+        col::<Option<Value>>(self, column)?
+            .map(from_doc)
+            .transpose()
+    }
 }
 
 /// True for the errors Postgres asks the client to retry: serialization failure and deadlock.
@@ -264,88 +288,25 @@ impl PostgresStore {
         entries
             .iter()
             .map(|h| {
-                let state = h["state"].as_str().unwrap_or_default();
-                Ok(HistoryEntry {
-                    state: ExecutionState::parse(state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
-                    at: from_ms(
-                        h["at"]
-                            .as_i64()
-                            .ok_or_else(|| StoreError::Corrupt(format!("history entry {h}")))?,
-                    )?,
-                    message: h["message"].as_str().map(str::to_string),
-                })
+                let at = h["at"]
+                    .as_i64()
+                    .ok_or_else(|| StoreError::Corrupt(format!("history entry {h}")))?;
+                rows::history_entry(
+                    h["state"].as_str().unwrap_or_default(),
+                    h["message"].as_str().map(str::to_string),
+                    from_ms(at)?,
+                )
             })
             .collect()
     }
 
     fn decode_execution(row: &PgRow, with_history: bool) -> Result<ExecutionRecord> {
-        let op: String = col(row, "operation")?;
-        let state: String = col(row, "state")?;
-        let opt_ts = |name: &str| -> Result<Option<DateTime<Utc>>> {
-            col::<Option<i64>>(row, name)?.map(from_ms).transpose()
-        };
-        let created_at = from_ms(col(row, "created_ms")?)?;
-        let finished_at = opt_ts("finished_ms")?;
         let history = if with_history {
             Self::decode_history(col(row, "history")?)?
         } else {
             Vec::new()
         };
-        let status = ExecutionStatus {
-            execution_id: col(row, "execution_id")?,
-            tenant_id: col(row, "tenant_id")?,
-            operation: Operation::parse(&op)
-                .ok_or_else(|| StoreError::Corrupt(format!("operation {op:?}")))?,
-            state: ExecutionState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
-            idempotency_key: col(row, "idempotency_key")?,
-            progress: col::<Option<Value>>(row, "progress")?
-                .map(from_doc)
-                .transpose()?,
-            resource_ids: from_doc(col(row, "resource_ids")?)?,
-            error: col::<Option<Value>>(row, "error")?
-                .map(from_doc)
-                .transpose()?,
-            history,
-            created_at,
-            updated_at: from_ms(col(row, "updated_ms")?)?,
-            started_at: opt_ts("started_ms")?,
-            finished_at,
-            duration_ms: finished_at.map(|f| (f - created_at).num_milliseconds().max(0) as u64),
-            timeout_ms: col::<i64>(row, "timeout_ms")?.max(0) as u64,
-            attempts: Vec::new(),
-            callbacks: Vec::new(),
-        };
-        Ok(ExecutionRecord {
-            status,
-            request: col(row, "request")?,
-            spec_hash: col(row, "spec_hash")?,
-        })
-    }
-
-    fn decode_attempt(row: &PgRow) -> Result<AttemptRecord> {
-        let outcome: String = col(row, "outcome")?;
-        Ok(AttemptRecord {
-            execution_id: col(row, "execution_id")?,
-            tenant_id: col(row, "tenant_id")?,
-            activity_type: col(row, "activity_type")?,
-            activity_id: col(row, "activity_id")?,
-            workflow_id: col(row, "workflow_id")?,
-            run_id: col(row, "run_id")?,
-            attempt: u32::try_from(col::<i32>(row, "attempt")?)
-                .map_err(|e| StoreError::Corrupt(format!("attempt number: {e}")))?,
-            started_at: from_ms(col(row, "started_ms")?)?,
-            finished_at: from_ms(col(row, "finished_ms")?)?,
-            latency_ms: col::<i64>(row, "latency_ms")?.max(0) as u64,
-            outcome: AttemptOutcome::parse(&outcome)
-                .ok_or_else(|| StoreError::Corrupt(format!("attempt outcome {outcome:?}")))?,
-            retriable: col(row, "retriable")?,
-            provider: col(row, "provider")?,
-            provider_code: col(row, "provider_code")?,
-            provider_request_id: col(row, "provider_request_id")?,
-            message: col(row, "message")?,
-        })
+        rows::execution(row, history)
     }
 
     /// One tenant; with `lock`, its row stays locked until the transaction ends.
@@ -364,22 +325,7 @@ impl PostgresStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::from_sqlx)?;
-        row.map(|row| {
-            let state: String = col(&row, "state")?;
-            Ok(TenantRecord {
-                tenant_id: col(&row, "tenant_id")?,
-                state: TenantState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("tenant state {state:?}")))?,
-                spec: col::<Option<Value>>(&row, "spec")?
-                    .map(from_doc)
-                    .transpose()?,
-                resource_ids: from_doc(col(&row, "resource_ids")?)?,
-                last_execution_id: col(&row, "last_execution_id")?,
-                generation: col(&row, "generation")?,
-                updated_at: from_ms(col(&row, "updated_ms")?)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::tenant).transpose()
     }
 
     /// Runs a `DELETE` of at most `$2` rows older than `$1` until a batch comes back short.
@@ -431,7 +377,7 @@ impl PostgresStore {
              ON CONFLICT (tenant_id) DO NOTHING",
         )
         .bind(&new.tenant_id)
-        .bind(tenant_state_on_begin(new.operation).as_str())
+        .bind(rules::tenant_state_on_begin(new.operation).as_str())
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?
@@ -441,57 +387,35 @@ impl PostgresStore {
         let locked = Self::load_tenant(&mut tx, &new.tenant_id, true).await?;
         // A placeholder is not a tenant the caller knew: report none, as SQLite does.
         let tenant = if placeholder { None } else { locked };
-        let generation = tenant.as_ref().map_or(0, |t| t.generation);
-
-        let existing = match &new.idempotency_key {
-            Some(key) => {
-                let id = derive_execution_id(
-                    &new.tenant_id,
-                    new.operation,
-                    Some(key),
-                    &new.spec_hash,
-                    0,
-                );
-                Self::load_execution(&mut tx, &id).await?
-            }
-            None => match tenant.as_ref().and_then(|t| t.last_execution_id.clone()) {
-                Some(last) => Self::load_execution(&mut tx, &last)
-                    .await?
-                    .filter(|latest| attaches_to_latest(latest, new)),
-                None => None,
-            },
+        let candidate = match rules::begin_candidate(new, tenant.as_ref()) {
+            Some(id) => Self::load_execution(&mut tx, &id).await?,
+            None => None,
         };
-        if let Some(record) = existing {
-            // Nothing was written (an existing execution means the tenant's row existed, so
-            // there is no placeholder either).
-            tx.commit().await.map_err(StoreError::from_sqlx)?;
-            return Ok(BeginOutcome {
-                record,
-                created: false,
-                previous_tenant: tenant,
-            });
-        }
+        let start = match rules::begin(new, tenant.as_ref(), candidate) {
+            Begin::Attach(record) => {
+                // Nothing was written (an existing execution means the tenant's row existed, so
+                // there is no placeholder either).
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                return Ok(BeginOutcome {
+                    record,
+                    created: false,
+                    previous_tenant: tenant,
+                });
+            }
+            Begin::Start(start) => start,
+        };
 
-        let next_generation = generation + 1;
-        let execution_id = derive_execution_id(
-            &new.tenant_id,
-            new.operation,
-            new.idempotency_key.as_deref(),
-            &new.spec_hash,
-            next_generation,
-        );
         let at = Self::clock(&mut tx, None).await?;
-        let spec = new.spec.as_ref().map(doc).transpose()?;
         sqlx::query(
             "UPDATE tenants SET state = $2, spec = COALESCE($3, spec), last_execution_id = $4,
                generation = $5, updated_at = $6::timestamptz
              WHERE tenant_id = $1",
         )
         .bind(&new.tenant_id)
-        .bind(tenant_state_on_begin(new.operation).as_str())
-        .bind(spec)
-        .bind(&execution_id)
-        .bind(next_generation)
+        .bind(start.tenant_state.as_str())
+        .bind(start.spec.as_ref().map(doc).transpose()?)
+        .bind(&start.execution_id)
+        .bind(start.generation)
         .bind(ts(at))
         .execute(&mut *tx)
         .await
@@ -501,10 +425,10 @@ impl PostgresStore {
                spec_hash, request, timeout_ms, created_at, updated_at, provider)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10)",
         )
-        .bind(&execution_id)
+        .bind(&start.execution_id)
         .bind(&new.tenant_id)
         .bind(new.operation.as_str())
-        .bind(ExecutionState::Pending.as_str())
+        .bind(start.state.as_str())
         .bind(&new.idempotency_key)
         .bind(&new.spec_hash)
         .bind(doc(&new.request)?)
@@ -514,10 +438,10 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
-        Self::add_history(&mut tx, &execution_id, ExecutionState::Pending, None, at).await?;
-        let record = Self::load_execution(&mut tx, &execution_id)
+        Self::add_history(&mut tx, &start.execution_id, start.state, None, at).await?;
+        let record = Self::load_execution(&mut tx, &start.execution_id)
             .await?
-            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.clone()))?;
+            .ok_or_else(|| StoreError::ExecutionNotFound(start.execution_id.clone()))?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(BeginOutcome {
             record,
@@ -531,9 +455,7 @@ impl PostgresStore {
         let current = Self::lock_execution(&mut tx, &t.execution_id)
             .await?
             .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
-        let from = current.status.state;
-        let same = from == t.state;
-        if !same && !from.can_become(t.state) {
+        let Some(allowed) = rules::transition(&current.status, t) else {
             let record = Self::load_execution(&mut tx, &t.execution_id)
                 .await?
                 .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
@@ -542,80 +464,46 @@ impl PostgresStore {
                 record,
                 applied: false,
             });
-        }
-        let at = Self::clock(&mut tx, Some(&t.execution_id)).await?;
-        let resource_ids = match &t.resource_ids {
-            Some(ids) => doc(ids)?,
-            None => doc(&current.status.resource_ids)?,
         };
-        let error = match (&t.error, t.state) {
-            (Some(e), _) => Some(doc(e)?),
-            (None, ExecutionState::Succeeded) => None,
-            (None, _) => current.status.error.as_ref().map(doc).transpose()?,
-        };
-        let progress = if t.state.is_final() {
-            None
-        } else {
-            match &t.progress {
-                Some(p) => Some(doc(p)?),
-                None => current.status.progress.as_ref().map(doc).transpose()?,
-            }
-        };
-        let started_at = match (current.status.started_at, t.state) {
-            (Some(s), _) => Some(ts(s)),
-            (None, ExecutionState::Running) => Some(ts(at)),
-            (None, _) => None,
-        };
-        let finished_at = match current.status.finished_at {
-            Some(f) => Some(ts(f)),
-            None if t.state.is_final() => Some(ts(at)),
-            None => None,
-        };
+        let change = allowed.at(Self::clock(&mut tx, Some(&t.execution_id)).await?);
         sqlx::query(
             "UPDATE executions SET state = $1, resource_ids = $2, error = $3, progress = $4,
                started_at = $5::timestamptz, finished_at = $6::timestamptz,
                updated_at = $7::timestamptz
              WHERE execution_id = $8",
         )
-        .bind(t.state.as_str())
-        .bind(&resource_ids)
-        .bind(error)
-        .bind(progress)
-        .bind(started_at)
-        .bind(finished_at)
-        .bind(ts(at))
+        .bind(change.state.as_str())
+        .bind(doc(&change.resource_ids)?)
+        .bind(change.error.as_ref().map(doc).transpose()?)
+        .bind(change.progress.as_ref().map(doc).transpose()?)
+        .bind(change.started_at.map(ts))
+        .bind(change.finished_at.map(ts))
+        .bind(ts(change.updated_at))
         .bind(&t.execution_id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
-        // A same-state call only adds history when it has something to say (a failed attempt),
-        // so repeated progress updates do not flood the history.
-        if !same || t.message.is_some() {
-            Self::add_history(&mut tx, &t.execution_id, t.state, t.message.as_deref(), at).await?;
-        }
-        if !same
-            && let Some(tenant_state) = tenant_state_after(
-                current.status.operation,
-                t.state,
-                t.error.as_ref().or(current.status.error.as_ref()),
+        if let Some(entry) = &change.history {
+            Self::add_history(
+                &mut tx,
+                &t.execution_id,
+                entry.state,
+                entry.message.as_deref(),
+                entry.at,
             )
-        {
-            let cleared = matches!(
-                (current.status.operation, t.state),
-                (Operation::Delete, ExecutionState::Succeeded)
-            );
-            let tenant_ids = if cleared { json!({}) } else { resource_ids };
-            // Only the tenant's latest execution speaks for the tenant: an older operation
-            // finishing late must not overwrite what a newer one set. The condition is
-            // evaluated on the newest row version (waiting for a concurrent begin to commit),
-            // so it holds even while another worker begins a new execution.
+            .await?;
+        }
+        if let Some(tenant) = &change.tenant {
+            // `last_execution_id` is re-checked on the newest row version (waiting for a
+            // concurrent begin to commit), so an execution a newer one has replaced never
+            // writes, even while another worker is beginning that newer one.
             sqlx::query(
                 "UPDATE tenants SET state = $1, resource_ids = $2, updated_at = $3::timestamptz
                  WHERE tenant_id = $4 AND last_execution_id = $5",
             )
-            .bind(tenant_state.as_str())
-            .bind(tenant_ids)
-            .bind(ts(at))
+            .bind(tenant.state.as_str())
+            .bind(doc(&tenant.resource_ids)?)
+            .bind(ts(change.updated_at))
             .bind(&current.status.tenant_id)
             .bind(&t.execution_id)
             .execute(&mut *tx)
@@ -628,7 +516,7 @@ impl PostgresStore {
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(TransitionOutcome {
             record,
-            applied: !same || t.message.is_some() || t.progress.is_some() || t.error.is_some(),
+            applied: change.applied,
         })
     }
 
@@ -710,97 +598,77 @@ impl ExecutionStore for PostgresStore {
     async fn record_attempt(&self, a: AttemptRecord) -> Result<()> {
         // One insert that locks nothing: no race to lose, so no retry.
         let text = |s: &Option<String>| s.as_deref().map(|s| scrub_text(s).into_owned());
-        sqlx::query(
-            "INSERT INTO activity_attempts (execution_id, tenant_id, activity_type, activity_id,
-               workflow_id, run_id, attempt, started_at, finished_at, latency_ms, outcome,
-               retriable, provider, provider_code, provider_request_id, message)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::timestamptz, $10, $11,
-                     $12, $13, $14, $15, $16)",
-        )
-        .bind(text(&a.execution_id))
-        .bind(text(&a.tenant_id))
-        .bind(scrub_text(&a.activity_type))
-        .bind(scrub_text(&a.activity_id))
-        .bind(text(&a.workflow_id))
-        .bind(text(&a.run_id))
-        .bind(i32::try_from(a.attempt).unwrap_or(i32::MAX))
-        .bind(ts(a.started_at))
-        .bind(ts(a.finished_at))
-        .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
-        .bind(a.outcome.as_str())
-        .bind(a.retriable)
-        .bind(text(&a.provider))
-        .bind(text(&a.provider_code))
-        .bind(text(&a.provider_request_id))
-        .bind(text(&a.message))
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        sqlx::query(rows::record_attempt_sql!("::timestamptz"))
+            .bind(text(&a.execution_id))
+            .bind(text(&a.tenant_id))
+            .bind(scrub_text(&a.activity_type))
+            .bind(scrub_text(&a.activity_id))
+            .bind(text(&a.workflow_id))
+            .bind(text(&a.run_id))
+            .bind(i32::try_from(a.attempt).unwrap_or(i32::MAX))
+            .bind(ts(a.started_at))
+            .bind(ts(a.finished_at))
+            .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+            .bind(a.outcome.as_str())
+            .bind(a.retriable)
+            .bind(text(&a.provider))
+            .bind(text(&a.provider_code))
+            .bind(text(&a.provider_request_id))
+            .bind(text(&a.message))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 
     async fn list_attempts(&self, execution_id: &str) -> Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT execution_id, tenant_id, activity_type, activity_id, workflow_id, run_id,
-                    attempt, latency_ms, outcome, retriable, provider, provider_code,
-                    provider_request_id, message,
-                    (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
-                    (extract(epoch FROM finished_at) * 1000)::bigint AS finished_ms
-             FROM activity_attempts WHERE execution_id = $1 ORDER BY started_at, seq",
+                    attempt::bigint AS attempt, latency_ms, outcome, retriable, provider,
+                    provider_code, provider_request_id, message,
+                    (extract(epoch FROM started_at) * 1000)::bigint AS started_at,
+                    (extract(epoch FROM finished_at) * 1000)::bigint AS finished_at
+             FROM activity_attempts a WHERE execution_id = $1 ORDER BY a.started_at, a.seq",
         )
         .bind(execution_id)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(Self::decode_attempt).collect()
+        found.iter().map(rows::attempt).collect()
     }
+
     async fn record_delivery(&self, a: DeliveryAttempt) -> Result<()> {
         // One upsert on one row: the row lock serialises concurrent attempts, no retry needed.
         let text = |s: &Option<String>| s.as_deref().map(|s| scrub_text(s).into_owned());
-        sqlx::query(
-            &super::RECORD_DELIVERY_SQL.replace("$8, $8)", "$8::timestamptz, $8::timestamptz)"),
-        )
-        .bind(scrub_text(&a.execution_id))
-        .bind(scrub_text(&a.target))
-        .bind(&a.kind)
-        .bind(a.state.as_str())
-        .bind(i32::try_from(a.sequence).unwrap_or(i32::MAX))
-        .bind(a.outcome.as_str())
-        .bind(text(&a.error))
-        .bind(ts(a.at))
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        sqlx::query(rows::record_delivery_sql!("::timestamptz"))
+            .bind(scrub_text(&a.execution_id))
+            .bind(scrub_text(&a.target))
+            .bind(&a.kind)
+            .bind(a.state.as_str())
+            .bind(i32::try_from(a.sequence).unwrap_or(i32::MAX))
+            .bind(a.outcome.as_str())
+            .bind(text(&a.error))
+            .bind(ts(a.at))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 
     async fn list_deliveries(&self, execution_id: &str) -> Result<Vec<CallbackDelivery>> {
-        let rows = sqlx::query(
-            "SELECT target, kind, state, sequence, attempts, outcome, last_error,
-                    (extract(epoch FROM first_attempt_at) * 1000)::bigint AS first_ms,
-                    (extract(epoch FROM last_attempt_at) * 1000)::bigint AS last_ms
-             FROM callback_deliveries WHERE execution_id = $1
-             ORDER BY first_attempt_at, target, state",
+        let found = sqlx::query(
+            "SELECT target, kind, state, sequence::bigint AS sequence,
+                    attempts::bigint AS attempts, outcome, last_error,
+                    (extract(epoch FROM first_attempt_at) * 1000)::bigint AS first_attempt_at,
+                    (extract(epoch FROM last_attempt_at) * 1000)::bigint AS last_attempt_at
+             FROM callback_deliveries d WHERE execution_id = $1
+             ORDER BY d.first_attempt_at, d.target, d.state",
         )
         .bind(execution_id)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter()
-            .map(|r| {
-                super::decode_delivery(
-                    col(r, "target")?,
-                    col(r, "kind")?,
-                    &col::<String>(r, "state")?,
-                    i64::from(col::<i32>(r, "sequence")?),
-                    i64::from(col::<i32>(r, "attempts")?),
-                    &col::<String>(r, "outcome")?,
-                    col(r, "last_error")?,
-                    from_ms(col(r, "first_ms")?)?,
-                    from_ms(col(r, "last_ms")?)?,
-                )
-            })
-            .collect()
+        found.iter().map(rows::delivery).collect()
     }
 
     async fn prune(&self, older_than: DateTime<Utc>) -> Result<PruneCounts> {
@@ -853,10 +721,14 @@ mod tests {
         atomic::{AtomicU32, Ordering},
     };
 
+    use serde_json::json;
     use sqlx::{Connection, Executor};
 
     use super::{super::conformance, *};
-    use crate::store::{ExecutionStore, redact_url};
+    use crate::{
+        contract::Operation,
+        store::{ExecutionStore, redact_url},
+    };
 
     const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

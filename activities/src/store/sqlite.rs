@@ -3,7 +3,7 @@
 use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::{
     Row, SqliteConnection, SqlitePool,
@@ -12,22 +12,18 @@ use sqlx::{
 
 use super::{
     BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
-    Result, StoreError, TenantRecord, Transition, TransitionOutcome, attaches_to_latest,
-    derive_execution_id, tenant_state_after, tenant_state_on_begin,
+    Result, StoreError, TenantRecord, Transition, TransitionOutcome,
+    rows::{self, Columns, timestamp_text as ts},
+    rules::{self, Begin},
 };
 use crate::contract::{
-    AttemptOutcome, AttemptRecord, CallbackDelivery, ExecutionState, ExecutionStatus, HistoryEntry,
-    Operation, TenantState, now,
+    AttemptRecord, CallbackDelivery, ExecutionState, HistoryEntry, TenantState, now,
 };
 
 /// The SQLite store: a file (`sqlite://PATH`) or memory (`sqlite::memory:`).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
@@ -49,6 +45,34 @@ where
     T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
 {
     row.try_get(name).map_err(StoreError::from_sqlx)
+}
+
+/// Timestamps are RFC 3339 text, documents JSON text.
+impl Columns for SqliteRow {
+    fn text(&self, column: &str) -> Result<String> {
+        col(self, column)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        col(self, column)
+    }
+    fn integer(&self, column: &str) -> Result<i64> {
+        col(self, column)
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        col(self, column)
+    }
+    fn timestamp(&self, column: &str) -> Result<DateTime<Utc>> {
+        parse_ts(&self.text(column)?)
+    }
+    fn opt_timestamp(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        self.opt_text(column)?.map(|s| parse_ts(&s)).transpose()
+    }
+    fn document<T: DeserializeOwned>(&self, column: &str) -> Result<T> {
+        from_json(&self.text(column)?)
+    }
+    fn opt_document<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>> {
+        self.opt_text(column)?.map(|s| from_json(&s)).transpose()
+    }
 }
 
 impl SqliteStore {
@@ -100,7 +124,7 @@ impl SqliteStore {
             None => Ok(None),
             Some(row) => {
                 let history = Self::load_history(conn, execution_id).await?;
-                Ok(Some(Self::decode_execution(&row, history)?))
+                Ok(Some(rows::execution(&row, history)?))
             }
         }
     }
@@ -109,90 +133,23 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         execution_id: &str,
     ) -> Result<Vec<HistoryEntry>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT state, message, at FROM execution_history WHERE execution_id = ? ORDER BY seq",
         )
         .bind(execution_id)
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter()
+        found
+            .iter()
             .map(|r| {
-                let state: String = col(r, "state")?;
-                Ok(HistoryEntry {
-                    state: ExecutionState::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
-                    at: parse_ts(&col::<String>(r, "at")?)?,
-                    message: col(r, "message")?,
-                })
+                rows::history_entry(
+                    &r.text("state")?,
+                    r.opt_text("message")?,
+                    r.timestamp("at")?,
+                )
             })
             .collect()
-    }
-
-    fn decode_execution(row: &SqliteRow, history: Vec<HistoryEntry>) -> Result<ExecutionRecord> {
-        let op: String = col(row, "operation")?;
-        let state: String = col(row, "state")?;
-        let opt_ts = |name: &str| -> Result<Option<DateTime<Utc>>> {
-            col::<Option<String>>(row, name)?
-                .map(|s| parse_ts(&s))
-                .transpose()
-        };
-        let created_at = parse_ts(&col::<String>(row, "created_at")?)?;
-        let finished_at = opt_ts("finished_at")?;
-        let status = ExecutionStatus {
-            execution_id: col(row, "execution_id")?,
-            tenant_id: col(row, "tenant_id")?,
-            operation: Operation::parse(&op)
-                .ok_or_else(|| StoreError::Corrupt(format!("operation {op:?}")))?,
-            state: ExecutionState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
-            idempotency_key: col(row, "idempotency_key")?,
-            progress: col::<Option<String>>(row, "progress")?
-                .map(|s| from_json(&s))
-                .transpose()?,
-            resource_ids: from_json(&col::<String>(row, "resource_ids")?)?,
-            error: col::<Option<String>>(row, "error")?
-                .map(|s| from_json(&s))
-                .transpose()?,
-            history,
-            created_at,
-            updated_at: parse_ts(&col::<String>(row, "updated_at")?)?,
-            started_at: opt_ts("started_at")?,
-            finished_at,
-            duration_ms: finished_at.map(|f| (f - created_at).num_milliseconds().max(0) as u64),
-            timeout_ms: col::<i64>(row, "timeout_ms")?.max(0) as u64,
-            attempts: Vec::new(),
-            callbacks: Vec::new(),
-        };
-        Ok(ExecutionRecord {
-            status,
-            request: from_json(&col::<String>(row, "request")?)?,
-            spec_hash: col(row, "spec_hash")?,
-        })
-    }
-
-    fn decode_attempt(row: &SqliteRow) -> Result<AttemptRecord> {
-        let outcome: String = col(row, "outcome")?;
-        Ok(AttemptRecord {
-            execution_id: col(row, "execution_id")?,
-            tenant_id: col(row, "tenant_id")?,
-            activity_type: col(row, "activity_type")?,
-            activity_id: col(row, "activity_id")?,
-            workflow_id: col(row, "workflow_id")?,
-            run_id: col(row, "run_id")?,
-            attempt: u32::try_from(col::<i64>(row, "attempt")?)
-                .map_err(|e| StoreError::Corrupt(format!("attempt number: {e}")))?,
-            started_at: parse_ts(&col::<String>(row, "started_at")?)?,
-            finished_at: parse_ts(&col::<String>(row, "finished_at")?)?,
-            latency_ms: col::<i64>(row, "latency_ms")?.max(0) as u64,
-            outcome: AttemptOutcome::parse(&outcome)
-                .ok_or_else(|| StoreError::Corrupt(format!("attempt outcome {outcome:?}")))?,
-            retriable: col(row, "retriable")?,
-            provider: col(row, "provider")?,
-            provider_code: col(row, "provider_code")?,
-            provider_request_id: col(row, "provider_request_id")?,
-            message: col(row, "message")?,
-        })
     }
 
     async fn load_tenant(
@@ -204,22 +161,7 @@ impl SqliteStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::from_sqlx)?;
-        row.map(|row| {
-            let state: String = col(&row, "state")?;
-            Ok(TenantRecord {
-                tenant_id: col(&row, "tenant_id")?,
-                state: TenantState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("tenant state {state:?}")))?,
-                spec: col::<Option<String>>(&row, "spec")?
-                    .map(|s| from_json(&s))
-                    .transpose()?,
-                resource_ids: from_json(&col::<String>(&row, "resource_ids")?)?,
-                last_execution_id: col(&row, "last_execution_id")?,
-                generation: col(&row, "generation")?,
-                updated_at: parse_ts(&col::<String>(&row, "updated_at")?)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::tenant).transpose()
     }
 
     /// Runs a `DELETE ... LIMIT ?2` of rows older than `?1` until a batch comes back short:
@@ -269,46 +211,23 @@ impl ExecutionStore for SqliteStore {
             .await
             .map_err(StoreError::from_sqlx)?;
         let tenant = Self::load_tenant(&mut tx, &new.tenant_id).await?;
-        let generation = tenant.as_ref().map_or(0, |t| t.generation);
-
-        let existing = match &new.idempotency_key {
-            Some(key) => {
-                let id = derive_execution_id(
-                    &new.tenant_id,
-                    new.operation,
-                    Some(key),
-                    &new.spec_hash,
-                    0,
-                );
-                Self::load_execution(&mut tx, &id).await?
-            }
-            None => match tenant.as_ref().and_then(|t| t.last_execution_id.clone()) {
-                Some(last) => Self::load_execution(&mut tx, &last)
-                    .await?
-                    .filter(|latest| attaches_to_latest(latest, &new)),
-                None => None,
-            },
+        let candidate = match rules::begin_candidate(&new, tenant.as_ref()) {
+            Some(id) => Self::load_execution(&mut tx, &id).await?,
+            None => None,
         };
-        if let Some(record) = existing {
-            tx.commit().await.map_err(StoreError::from_sqlx)?;
-            return Ok(BeginOutcome {
-                record,
-                created: false,
-                previous_tenant: tenant,
-            });
-        }
+        let start = match rules::begin(&new, tenant.as_ref(), candidate) {
+            Begin::Attach(record) => {
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                return Ok(BeginOutcome {
+                    record,
+                    created: false,
+                    previous_tenant: tenant,
+                });
+            }
+            Begin::Start(start) => start,
+        };
 
-        let next_generation = generation + 1;
-        let execution_id = derive_execution_id(
-            &new.tenant_id,
-            new.operation,
-            new.idempotency_key.as_deref(),
-            &new.spec_hash,
-            next_generation,
-        );
         let at = now();
-        let tenant_state = tenant_state_on_begin(new.operation);
-        let spec_json = new.spec.as_ref().map(to_json).transpose()?;
         sqlx::query(
             "INSERT INTO tenants (tenant_id, state, spec, last_execution_id, generation, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
@@ -320,10 +239,10 @@ impl ExecutionStore for SqliteStore {
                updated_at = excluded.updated_at",
         )
         .bind(&new.tenant_id)
-        .bind(tenant_state.as_str())
-        .bind(spec_json)
-        .bind(&execution_id)
-        .bind(next_generation)
+        .bind(start.tenant_state.as_str())
+        .bind(start.spec.as_ref().map(to_json).transpose()?)
+        .bind(&start.execution_id)
+        .bind(start.generation)
         .bind(ts(at))
         .execute(&mut *tx)
         .await
@@ -333,10 +252,10 @@ impl ExecutionStore for SqliteStore {
                spec_hash, request, timeout_ms, created_at, updated_at, provider)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
         )
-        .bind(&execution_id)
+        .bind(&start.execution_id)
         .bind(&new.tenant_id)
         .bind(new.operation.as_str())
-        .bind(ExecutionState::Pending.as_str())
+        .bind(start.state.as_str())
         .bind(&new.idempotency_key)
         .bind(&new.spec_hash)
         .bind(to_json(&new.request)?)
@@ -346,10 +265,10 @@ impl ExecutionStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
-        Self::add_history(&mut tx, &execution_id, ExecutionState::Pending, None, at).await?;
-        let record = Self::load_execution(&mut tx, &execution_id)
+        Self::add_history(&mut tx, &start.execution_id, start.state, None, at).await?;
+        let record = Self::load_execution(&mut tx, &start.execution_id)
             .await?
-            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.clone()))?;
+            .ok_or_else(|| StoreError::ExecutionNotFound(start.execution_id.clone()))?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(BeginOutcome {
             record,
@@ -365,16 +284,15 @@ impl ExecutionStore for SqliteStore {
 
     async fn list_executions(&self, tenant_id: &str) -> Result<Vec<ExecutionRecord>> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
-        let rows = sqlx::query("SELECT * FROM executions WHERE tenant_id = ? ORDER BY seq")
+        let found = sqlx::query("SELECT * FROM executions WHERE tenant_id = ? ORDER BY seq")
             .bind(tenant_id)
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = col(row, "execution_id")?;
-            let history = Self::load_history(&mut conn, &id).await?;
-            out.push(Self::decode_execution(row, history)?);
+        let mut out = Vec::with_capacity(found.len());
+        for row in &found {
+            let history = Self::load_history(&mut conn, &row.text("execution_id")?).await?;
+            out.push(rows::execution(row, history)?);
         }
         Ok(out)
     }
@@ -388,88 +306,47 @@ impl ExecutionStore for SqliteStore {
         let current = Self::load_execution(&mut tx, &t.execution_id)
             .await?
             .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
-        let from = current.status.state;
-        let same = from == t.state;
-        if !same && !from.can_become(t.state) {
+        let Some(allowed) = rules::transition(&current.status, &t) else {
             tx.commit().await.map_err(StoreError::from_sqlx)?;
             return Ok(TransitionOutcome {
                 record: current,
                 applied: false,
             });
-        }
-        let at = now();
-        let resource_ids = match &t.resource_ids {
-            Some(ids) => to_json(ids)?,
-            None => to_json(&current.status.resource_ids)?,
         };
-        let error = match (&t.error, t.state) {
-            (Some(e), _) => Some(to_json(e)?),
-            (None, ExecutionState::Succeeded) => None,
-            (None, _) => current.status.error.as_ref().map(to_json).transpose()?,
-        };
-        let progress = if t.state.is_final() {
-            None
-        } else {
-            match &t.progress {
-                Some(p) => Some(to_json(p)?),
-                None => current.status.progress.as_ref().map(to_json).transpose()?,
-            }
-        };
-        let started_at = match (current.status.started_at, t.state) {
-            (Some(s), _) => Some(ts(s)),
-            (None, ExecutionState::Running) => Some(ts(at)),
-            (None, _) => None,
-        };
-        let finished_at = match current.status.finished_at {
-            Some(f) => Some(ts(f)),
-            None if t.state.is_final() => Some(ts(at)),
-            None => None,
-        };
+        let change = allowed.at(now());
         sqlx::query(
             "UPDATE executions SET state = ?, resource_ids = ?, error = ?, progress = ?,
                started_at = ?, finished_at = ?, updated_at = ? WHERE execution_id = ?",
         )
-        .bind(t.state.as_str())
-        .bind(&resource_ids)
-        .bind(error)
-        .bind(progress)
-        .bind(started_at)
-        .bind(finished_at)
-        .bind(ts(at))
+        .bind(change.state.as_str())
+        .bind(to_json(&change.resource_ids)?)
+        .bind(change.error.as_ref().map(to_json).transpose()?)
+        .bind(change.progress.as_ref().map(to_json).transpose()?)
+        .bind(change.started_at.map(ts))
+        .bind(change.finished_at.map(ts))
+        .bind(ts(change.updated_at))
         .bind(&t.execution_id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
-        // A same-state call only adds history when it has something to say (a failed attempt),
-        // so repeated progress updates do not flood the history.
-        if !same || t.message.is_some() {
-            Self::add_history(&mut tx, &t.execution_id, t.state, t.message.as_deref(), at).await?;
-        }
-        if !same
-            && let Some(tenant_state) = tenant_state_after(
-                current.status.operation,
-                t.state,
-                t.error.as_ref().or(current.status.error.as_ref()),
+        if let Some(entry) = &change.history {
+            Self::add_history(
+                &mut tx,
+                &t.execution_id,
+                entry.state,
+                entry.message.as_deref(),
+                entry.at,
             )
-        {
-            let cleared = matches!(
-                (current.status.operation, t.state),
-                (Operation::Delete, ExecutionState::Succeeded)
-            );
-            let tenant_ids = if cleared {
-                "{}".to_string()
-            } else {
-                resource_ids.clone()
-            };
-            // Only the tenant's latest execution speaks for the tenant: an older operation
-            // finishing late must not overwrite what a newer one set.
+            .await?;
+        }
+        if let Some(tenant) = &change.tenant {
             sqlx::query(
                 "UPDATE tenants SET state = ?, resource_ids = ?, updated_at = ?
                  WHERE tenant_id = ? AND last_execution_id = ?",
             )
-            .bind(tenant_state.as_str())
-            .bind(tenant_ids)
-            .bind(ts(at))
+            .bind(tenant.state.as_str())
+            .bind(to_json(&tenant.resource_ids)?)
+            .bind(ts(change.updated_at))
             .bind(&current.status.tenant_id)
             .bind(&t.execution_id)
             .execute(&mut *tx)
@@ -482,7 +359,7 @@ impl ExecutionStore for SqliteStore {
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(TransitionOutcome {
             record,
-            applied: !same || t.message.is_some() || t.progress.is_some() || t.error.is_some(),
+            applied: change.applied,
         })
     }
 
@@ -520,47 +397,42 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn record_attempt(&self, a: AttemptRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO activity_attempts (execution_id, tenant_id, activity_type, activity_id,
-               workflow_id, run_id, attempt, started_at, finished_at, latency_ms, outcome,
-               retriable, provider, provider_code, provider_request_id, message)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&a.execution_id)
-        .bind(&a.tenant_id)
-        .bind(&a.activity_type)
-        .bind(&a.activity_id)
-        .bind(&a.workflow_id)
-        .bind(&a.run_id)
-        .bind(i64::from(a.attempt))
-        .bind(ts(a.started_at))
-        .bind(ts(a.finished_at))
-        .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
-        .bind(a.outcome.as_str())
-        .bind(a.retriable)
-        .bind(&a.provider)
-        .bind(&a.provider_code)
-        .bind(&a.provider_request_id)
-        .bind(&a.message)
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        sqlx::query(rows::record_attempt_sql!(""))
+            .bind(&a.execution_id)
+            .bind(&a.tenant_id)
+            .bind(&a.activity_type)
+            .bind(&a.activity_id)
+            .bind(&a.workflow_id)
+            .bind(&a.run_id)
+            .bind(i64::from(a.attempt))
+            .bind(ts(a.started_at))
+            .bind(ts(a.finished_at))
+            .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+            .bind(a.outcome.as_str())
+            .bind(a.retriable)
+            .bind(&a.provider)
+            .bind(&a.provider_code)
+            .bind(&a.provider_request_id)
+            .bind(&a.message)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 
     async fn list_attempts(&self, execution_id: &str) -> Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT * FROM activity_attempts WHERE execution_id = ? ORDER BY started_at, seq",
         )
         .bind(execution_id)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(Self::decode_attempt).collect()
+        found.iter().map(rows::attempt).collect()
     }
+
     async fn record_delivery(&self, a: DeliveryAttempt) -> Result<()> {
-        // SQLite understands `$N` placeholders too, so both backends share the statement.
-        sqlx::query(super::RECORD_DELIVERY_SQL)
+        sqlx::query(rows::record_delivery_sql!(""))
             .bind(&a.execution_id)
             .bind(&a.target)
             .bind(&a.kind)
@@ -576,7 +448,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn list_deliveries(&self, execution_id: &str) -> Result<Vec<CallbackDelivery>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT * FROM callback_deliveries WHERE execution_id = ?
              ORDER BY first_attempt_at, target, state",
         )
@@ -584,21 +456,7 @@ impl ExecutionStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter()
-            .map(|r| {
-                super::decode_delivery(
-                    col(r, "target")?,
-                    col(r, "kind")?,
-                    &col::<String>(r, "state")?,
-                    col(r, "sequence")?,
-                    col(r, "attempts")?,
-                    &col::<String>(r, "outcome")?,
-                    col(r, "last_error")?,
-                    parse_ts(&col::<String>(r, "first_attempt_at")?)?,
-                    parse_ts(&col::<String>(r, "last_attempt_at")?)?,
-                )
-            })
-            .collect()
+        found.iter().map(rows::delivery).collect()
     }
 
     async fn prune(&self, older_than: DateTime<Utc>) -> Result<PruneCounts> {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use temporalio_common::error::ApplicationFailure;
-use temporalio_sdk::activities::ActivityError;
 
 /// How a failure should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,12 +214,6 @@ impl ComputeError {
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
         self.retry_after_ms = Some(delay.as_millis() as u64);
         self
-    }
-
-    /// Converts into the activity failure every caller sees: type = code, non_retryable from
-    /// the classification, details = this error as JSON.
-    pub fn into_activity_error(self) -> ActivityError {
-        ActivityError::application(self.into_application_failure())
     }
 
     /// Converts into an `ApplicationFailure` (also used to fail workflows).

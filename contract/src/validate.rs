@@ -10,11 +10,11 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::{Map, Value};
 
 use crate::{
-    contract::{
+    error::{ComputeError, Result},
+    types::{
         CallbackTarget, ComputeRequest, ComputeSpec, DeleteRequest, Metadata, RestateCallback,
         SecretKeyRef, SecretRef, StepFunctionsCallback, TemporalCallback,
     },
-    error::{ComputeError, Result},
 };
 
 /// Longest accepted operation timeout.
@@ -380,14 +380,14 @@ fn callback_target_of(cb: &Obj<'_>) -> Result<CallbackTarget> {
             // Step Functions' own bounds; a token is opaque, but never holds whitespace or
             // control characters.
             if token.is_empty()
-                || token.len() > crate::callback::MAX_TASK_TOKEN_LEN
+                || token.len() > crate::types::MAX_TASK_TOKEN_LEN
                 || !token.bytes().all(|b| b.is_ascii_graphic())
             {
                 return Err(invalid(
                     "callback.stepFunctions.taskToken",
                     &format!(
                         "must be 1 to {} printable ASCII characters without spaces",
-                        crate::callback::MAX_TASK_TOKEN_LEN
+                        crate::types::MAX_TASK_TOKEN_LEN
                     ),
                 ));
             }

@@ -312,6 +312,9 @@ impl CallbackTarget {
     }
 }
 
+/// The longest task token Step Functions issues.
+pub const MAX_TASK_TOKEN_LEN: usize = 2048;
+
 /// The first 12 hex digits of the SHA-256 of a token: enough to tell tokens apart in logs.
 pub fn token_digest(token: &str) -> String {
     use sha2::{Digest, Sha256};

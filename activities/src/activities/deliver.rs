@@ -1,0 +1,155 @@
+//! Telling callers: one delivery attempt to a target (a Temporal signal, a Step Functions
+//! task or a Restate awakeable) with its record, and heartbeats.
+
+use super::*;
+
+impl ComputeActivities {
+    /// One attempt to deliver a callback, recorded in the store with its outcome.
+    pub(super) async fn deliver(
+        &self,
+        ctx: &ActivityContext,
+        input: DeliverInput,
+    ) -> Result<DeliveryOutcome, ComputeError> {
+        let attempts = ctx.info().attempt;
+        let verdict = match &input.target {
+            CallbackTarget::Temporal(t) => self.signal(ctx, t, &input.callback).await,
+            other => match self.callbacks.deliver(other, &input.callback).await {
+                // A token is "invalid" once used: if an earlier attempt's answer was lost,
+                // that attempt may be what used it.
+                Ok(Verdict::Undeliverable(reason))
+                    if attempts > 1 && matches!(other, CallbackTarget::StepFunctions(_)) =>
+                {
+                    Ok(Verdict::Undeliverable(format!(
+                        "{reason}; an earlier attempt whose answer was lost may have completed \
+                         the task"
+                    )))
+                }
+                v => v,
+            },
+        };
+        self.record_delivery(&input, &verdict).await;
+        let target = input.target.describe();
+        match verdict {
+            Ok(Verdict::Delivered) => {
+                tracing::info!(%target, state = %input.callback.state, attempts, "Callback delivered.");
+                Ok(DeliveryOutcome {
+                    delivered: true,
+                    undeliverable_reason: None,
+                    attempts,
+                })
+            }
+            Ok(Verdict::Undeliverable(reason)) => {
+                tracing::warn!(%target, %reason, attempts, "The callback target will never accept the callback; recorded as undeliverable.");
+                Ok(DeliveryOutcome {
+                    delivered: false,
+                    undeliverable_reason: Some(reason),
+                    attempts,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Counts the attempt in `callback_deliveries`. Best effort: the delivery's outcome
+    /// stands whether or not the store takes the record.
+    pub(super) async fn record_delivery(
+        &self,
+        input: &DeliverInput,
+        verdict: &Result<Verdict, ComputeError>,
+    ) {
+        if input.callback.execution_id.is_empty() {
+            return;
+        }
+        let (outcome, error) = match verdict {
+            Ok(Verdict::Delivered) => (DeliveryState::Delivered, None),
+            Ok(Verdict::Undeliverable(r)) => (DeliveryState::Undeliverable, Some(r.clone())),
+            Err(e) => (
+                DeliveryState::Pending,
+                Some(match &e.provider_code {
+                    Some(code) => format!("{} ({code})", e.message),
+                    None => e.message.clone(),
+                }),
+            ),
+        };
+        let attempt = DeliveryAttempt {
+            execution_id: input.callback.execution_id.clone(),
+            target: input.target.describe(),
+            kind: input.target.kind().to_string(),
+            state: input.callback.state,
+            sequence: input.callback.sequence,
+            outcome,
+            error,
+            at: now(),
+        };
+        match tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.store.record_delivery(attempt)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Could not record the delivery attempt; its outcome stands.")
+            }
+            Err(_) => tracing::warn!(
+                "The store did not take the delivery attempt in time; its outcome stands."
+            ),
+        }
+    }
+
+    /// Signals a Temporal workflow (one attempt).
+    pub(super) async fn signal(
+        &self,
+        ctx: &ActivityContext,
+        t: &TemporalCallback,
+        cb: &ComputeCallback,
+    ) -> Result<Verdict, ComputeError> {
+        let client = ctx.client();
+        let namespace = t
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.options().namespace.clone());
+        let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
+            client,
+            WorkflowExecutionInfo::builder()
+                .namespace(namespace)
+                .workflow_id(t.workflow_id.clone())
+                .maybe_run_id(t.run_id.clone())
+                .build(),
+        );
+        let payload = RawValue::from_value(cb, &PayloadConverter::serde_json());
+        // The same request id for the same (execution, state) lets the server drop a
+        // duplicate sent by a retried attempt.
+        let options = WorkflowSignalOptions::builder()
+            .request_id(format!("{}:{}:{}", cb.execution_id, cb.state, cb.sequence))
+            .build();
+        match handle
+            .signal(UntypedSignal::new(cb.signal_name()), payload, options)
+            .await
+        {
+            Ok(()) => Ok(Verdict::Delivered),
+            Err(WorkflowInteractionError::NotFound(status)) => Ok(Verdict::Undeliverable(format!(
+                "workflow not found or closed: {}",
+                status.message()
+            ))),
+            Err(e) => Err(ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "Temporal did not accept the callback signal",
+            )
+            .with_provider("temporal", None)
+            .with_root_cause(e)),
+        }
+    }
+
+    /// Sends one heartbeat to each target that asked for them. A failed heartbeat is not
+    /// retried (the next one is due soon); a target that says it never will is reported.
+    pub(super) async fn heartbeat(&self, input: &HeartbeatInput) -> HeartbeatOutcome {
+        let mut outcome = HeartbeatOutcome::default();
+        for target in &input.targets {
+            match self.callbacks.heartbeat(target).await {
+                Ok(Verdict::Delivered) => outcome.sent += 1,
+                Ok(Verdict::Undeliverable(reason)) => {
+                    tracing::warn!(target = %target.describe(), %reason, "The target takes no more heartbeats.");
+                    outcome.finished.push(target.clone());
+                }
+                Err(e) => e.log("Sending a heartbeat"),
+            }
+        }
+        outcome
+    }
+}

@@ -1,0 +1,294 @@
+//! Starting an operation: validating the request, beginning (or attaching to) its execution
+//! in the store, asking the provider, and starting its tracker.
+
+use super::*;
+
+/// The request as the store keeps it: a Step Functions task token completes the caller's
+/// task, so only its digest is kept (the tracker holds the token in its own state, from the
+/// `attach-callback` signal).
+pub(super) fn store_safe_request(request: &Value) -> Value {
+    let mut request = request.clone();
+    if let Some(sfn) = request
+        .pointer_mut("/callback/stepFunctions")
+        .and_then(Value::as_object_mut)
+        && let Some(Value::String(token)) = sfn.remove("taskToken")
+    {
+        sfn.insert(
+            "taskTokenDigest".into(),
+            Value::String(crate::contract::token_digest(&token)),
+        );
+    }
+    request
+}
+pub(super) fn handle_of(record: &ExecutionRecord, attached: bool) -> ExecutionHandle {
+    let s = &record.status;
+    ExecutionHandle {
+        execution_id: s.execution_id.clone(),
+        tenant_id: s.tenant_id.clone(),
+        operation: s.operation,
+        state: s.state,
+        resource_ids: s.resource_ids.clone(),
+        tracker_workflow_id: names::tracker_workflow_id(&s.execution_id),
+        attached,
+        error: if s.state.is_final() {
+            s.error.clone()
+        } else {
+            None
+        },
+    }
+}
+
+/// The default callback target: the workflow that called the activity.
+pub(super) fn default_target(ctx: &ActivityContext) -> Option<CallbackTarget> {
+    let info = ctx.info();
+    info.workflow_id.clone().map(|workflow_id| {
+        CallbackTarget::Temporal(TemporalCallback {
+            workflow_id,
+            run_id: None,
+            namespace: None,
+        })
+    })
+}
+/// A request reduced to what the start path needs.
+pub(super) struct StartRequest {
+    tenant_id: String,
+    metadata: Metadata,
+    spec: Option<ComputeSpec>,
+    idempotency_key: Option<String>,
+    callback: Option<CallbackTarget>,
+    timeout: Option<String>,
+    validated: Value,
+}
+impl ComputeActivities {
+    pub(super) fn parse_start(
+        &self,
+        operation: Operation,
+        input: &Value,
+    ) -> Result<StartRequest, ComputeError> {
+        let req = self.parse_start_shape(operation, input)?;
+        if let Some(target) = &req.callback {
+            self.callbacks.check_target(target)?;
+        }
+        Ok(req)
+    }
+
+    pub(super) fn parse_start_shape(
+        &self,
+        operation: Operation,
+        input: &Value,
+    ) -> Result<StartRequest, ComputeError> {
+        // Plain data: serializing it cannot fail.
+        fn to_value<T: Serialize>(v: &T) -> Value {
+            serde_json::to_value(v).unwrap_or(Value::Null)
+        }
+        match operation {
+            Operation::Provision | Operation::Update => {
+                let r = validate::compute_request(input)?;
+                self.provider.validate(&r.tenant_id, &r.spec)?;
+                self.provider.validate_metadata(&r.metadata)?;
+                Ok(StartRequest {
+                    validated: to_value(&r),
+                    tenant_id: r.tenant_id,
+                    metadata: r.metadata,
+                    spec: Some(r.spec),
+                    idempotency_key: r.idempotency_key,
+                    callback: r.callback,
+                    timeout: r.timeout,
+                })
+            }
+            Operation::Delete => {
+                let r = validate::delete_request(input)?;
+                Ok(StartRequest {
+                    validated: to_value(&r),
+                    tenant_id: r.tenant_id,
+                    metadata: Metadata::default(),
+                    spec: None,
+                    idempotency_key: r.idempotency_key,
+                    callback: r.callback,
+                    timeout: r.timeout,
+                })
+            }
+        }
+    }
+
+    /// The start path shared by provision, update and delete.
+    pub(super) async fn start(
+        &self,
+        ctx: &ActivityContext,
+        attempt: &Attempt,
+        operation: Operation,
+        input: &RawValue,
+    ) -> Result<ExecutionHandle, ComputeError> {
+        // The refused input is never logged: only the field-naming message is.
+        let req = input::decode(input, "input")
+            .and_then(|input| self.parse_start(operation, &input))
+            .map_err(|e| fail(e, "Validating the request"))?;
+        attempt.about_tenant(&req.tenant_id, Some(operation.as_str()));
+        let span = op_span(operation.as_str(), &req.tenant_id);
+        self.start_valid(ctx, attempt, operation, req)
+            .instrument(span)
+            .await
+    }
+
+    pub(super) async fn start_valid(
+        &self,
+        ctx: &ActivityContext,
+        attempt: &Attempt,
+        operation: Operation,
+        req: StartRequest,
+    ) -> Result<ExecutionHandle, ComputeError> {
+        let timeout = match &req.timeout {
+            Some(t) => humantime::parse_duration(t).unwrap_or(self.settings.default_timeout),
+            None => self.settings.default_timeout,
+        };
+        let target = req.callback.clone().or_else(|| default_target(ctx));
+        let begin = self
+            .store
+            .begin_execution(NewExecution {
+                tenant_id: req.tenant_id.clone(),
+                operation,
+                idempotency_key: req.idempotency_key.clone(),
+                spec_hash: store::spec_hash(req.spec.as_ref()),
+                spec: req.spec.clone(),
+                request: store_safe_request(&req.validated),
+                timeout,
+                provider: Some(self.provider.name().to_string()),
+            })
+            .await
+            .map_err(|e| fail(store_err(e), "Recording the execution"))?;
+        let mut record = begin.record;
+        let execution_id = record.status.execution_id.clone();
+        Span::current().record("execution_id", execution_id.as_str());
+        attempt.about_execution(&execution_id);
+        tracing::info!(
+            created = begin.created,
+            state = %record.status.state,
+            attempt = ctx.info().attempt,
+            "Operation requested."
+        );
+
+        if record.status.state.is_final() {
+            tracing::info!(state = %record.status.state, "Attached after the end: returning the final state.");
+            return Ok(handle_of(&record, true));
+        }
+
+        if record.status.state == ExecutionState::Pending {
+            let op = OperationContext {
+                execution_id: execution_id.clone(),
+                tenant_id: req.tenant_id.clone(),
+                operation,
+                metadata: req.metadata.clone(),
+            };
+            let current = begin
+                .previous_tenant
+                .map(|t| CurrentState {
+                    spec: t.spec,
+                    resource_ids: t.resource_ids,
+                })
+                .unwrap_or_default();
+            let spec = req.spec.clone().unwrap_or_default();
+            let result = match operation {
+                Operation::Provision => self.provider.provision(&op, &spec).await,
+                Operation::Update => self.provider.update(&op, &current, &spec).await,
+                Operation::Delete => self.provider.delete(&op, &current).await,
+            };
+            crate::faults::crash_point(crate::faults::AFTER_PROVIDER_CALL);
+            match result {
+                Ok(ids) => {
+                    record = self
+                        .store
+                        .transition(Transition {
+                            resource_ids: Some(ids),
+                            ..Transition::to(&execution_id, ExecutionState::Running)
+                        })
+                        .await
+                        .map_err(|e| fail(store_err(e), "Recording the running state"))?
+                        .record;
+                }
+                Err(e) => {
+                    let e = e.with_provider_default(self.provider.name());
+                    let state = if e.retriable {
+                        ExecutionState::Pending
+                    } else {
+                        ExecutionState::Failed
+                    };
+                    let note = format!("attempt {} failed: {}", ctx.info().attempt, e.code);
+                    if let Err(se) = self
+                        .store
+                        .transition(Transition {
+                            error: Some(e.clone()),
+                            message: Some(note),
+                            ..Transition::to(&execution_id, state)
+                        })
+                        .await
+                    {
+                        // The provider's error is what the caller needs; the store's goes to
+                        // the log, and a retry records it again.
+                        tracing::warn!(error = %se, "Could not record the failed attempt.");
+                    }
+                    return Err(fail(e, "The provider call"));
+                }
+            }
+        }
+
+        crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
+        self.ensure_tracker(ctx, &record, target)
+            .await
+            .map_err(|e| fail(e, "Starting the tracker"))?;
+        // The tracker may have finished in between (a late attacher): report what is true now.
+        if let Ok(Some(now)) = self.store.get_execution(&execution_id).await {
+            record = now;
+        }
+        Ok(handle_of(&record, !begin.created))
+    }
+
+    /// Starts the execution's tracker if it is not running, and adds the caller's target,
+    /// atomically (signal-with-start). A closed tracker is never started again.
+    pub(super) async fn ensure_tracker(
+        &self,
+        ctx: &ActivityContext,
+        record: &ExecutionRecord,
+        target: Option<CallbackTarget>,
+    ) -> Result<(), ComputeError> {
+        let s = &record.status;
+        let conv = PayloadConverter::serde_json();
+        let input = TrackerInput {
+            execution_id: s.execution_id.clone(),
+            tenant_id: s.tenant_id.clone(),
+            operation: s.operation,
+            timeout_ms: s.timeout_ms,
+            max_history_events: self.settings.tracker_max_history_events,
+            carried: None,
+        };
+        let options = WorkflowStartOptions::new(
+            self.settings.task_queue.clone(),
+            names::tracker_workflow_id(&s.execution_id),
+        )
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .search_attributes(SearchAttributes::new([
+            TENANT_ID_KEY.value_set(s.tenant_id.clone())
+        ]))
+        .build();
+        let result = ctx
+            .client()
+            .signal_with_start_workflow(
+                UntypedWorkflow::new(names::TRACKER_WORKFLOW),
+                RawValue::from_value(&input, &conv),
+                UntypedSignal::new(names::SIGNAL_ATTACH_CALLBACK),
+                RawValue::from_value(&AttachCallback { target }, &conv),
+                options,
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The tracker already finished: the store holds the final state.
+            Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+            Err(e) => Err(ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "could not start the execution's tracker on Temporal",
+            )
+            .with_provider("temporal", None)
+            .with_root_cause(e)),
+        }
+    }
+}

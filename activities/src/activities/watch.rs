@@ -1,0 +1,140 @@
+//! Watching an execution: its status from the store, and the watch that observes the
+//! provider until the execution changes or ends.
+
+use super::*;
+
+impl ComputeActivities {
+    pub(super) async fn get_status(
+        &self,
+        execution_id: &str,
+    ) -> Result<ExecutionStatus, ComputeError> {
+        match self.store.get_execution(execution_id).await {
+            Ok(Some(r)) => Ok(r.status),
+            Ok(None) => Err(ComputeError::new(
+                ErrorCode::NotFound,
+                format!("execution {execution_id} does not exist"),
+            )),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    pub(super) async fn watch(
+        &self,
+        ctx: &ActivityContext,
+        attempt: &Attempt,
+        input: WatchInput,
+    ) -> Result<ExecutionStatus, ComputeError> {
+        let started = tokio::time::Instant::now();
+        let mut last_progress = input.known_progress.clone();
+        let release = self.settings.release.clone();
+        let released = || {
+            // Retriable, so the tracker's retry policy resumes the watch on another worker:
+            // a shutdown must never fail a tracker.
+            ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "the worker is shutting down; the watch resumes on another worker",
+            )
+        };
+        loop {
+            if release.is_cancelled() {
+                return Err(released());
+            }
+            if ctx.is_cancelled() {
+                // Cancelled by the server (the worker is going away or the tracker is gone):
+                // retriable for the same reason.
+                return Err(ComputeError::new(
+                    ErrorCode::ProviderTemporarilyUnavailable,
+                    "the watch was cancelled; it resumes on the next attempt",
+                ));
+            }
+            let record = match self.store.get_execution(&input.execution_id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return Err(ComputeError::new(
+                        ErrorCode::NotFound,
+                        format!("execution {} does not exist", input.execution_id),
+                    ));
+                }
+                Err(e) => return Err(store_err(e)),
+            };
+            let status = record.status;
+            attempt.about_status(&status);
+            let span = Span::current();
+            span.record("tenant_id", status.tenant_id.as_str());
+            span.record("operation", status.operation.as_str());
+            if status.state.is_final() {
+                return Ok(status);
+            }
+            let op = OperationContext {
+                execution_id: status.execution_id.clone(),
+                tenant_id: status.tenant_id.clone(),
+                operation: status.operation,
+                metadata: Default::default(),
+            };
+            let observed = tokio::select! {
+                o = self.provider.observe(&op, &status.resource_ids) => o,
+                _ = release.cancelled() => return Err(released()),
+            };
+            let observation = match observed {
+                Ok(o) => o,
+                Err(e) if e.retriable => {
+                    // A flaky observation is not the operation failing: keep watching; the
+                    // tracker's timeout bounds how long.
+                    e.log("Observing the provider");
+                    let _ = ctx
+                        .record_heartbeat(status.state.as_str().to_string())
+                        .await;
+                    // At least a short pause: a provider that waits inside `observe` has a
+                    // zero interval, and a failing observation must not spin.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.provider.poll_interval().max(OBSERVE_ERROR_PAUSE)) => {}
+                        _ = release.cancelled() => return Err(released()),
+                    }
+                    continue;
+                }
+                Err(e) => Observation::Failed(e),
+            };
+            let transition = match observation {
+                Observation::Succeeded(ids) => Transition {
+                    resource_ids: Some(ids),
+                    ..Transition::to(&status.execution_id, ExecutionState::Succeeded)
+                },
+                Observation::Failed(e) => {
+                    let e = e.with_provider_default(self.provider.name());
+                    e.log("The operation");
+                    Transition {
+                        error: Some(e),
+                        ..Transition::to(&status.execution_id, ExecutionState::Failed)
+                    }
+                }
+                Observation::InProgress(progress) => {
+                    let _ = ctx.record_heartbeat(progress.message.clone()).await;
+                    if last_progress.as_ref() != Some(&progress) {
+                        let updated = self
+                            .store
+                            .transition(Transition {
+                                progress: Some(progress.clone()),
+                                ..Transition::to(&status.execution_id, status.state)
+                            })
+                            .await
+                            .map_err(store_err)?;
+                        last_progress = Some(progress);
+                        if started.elapsed() >= self.settings.progress_report_interval {
+                            return Ok(updated.record.status);
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.provider.poll_interval()) => {}
+                        _ = ctx.cancelled() => {}
+                        _ = release.cancelled() => return Err(released()),
+                    }
+                    continue;
+                }
+            };
+            let outcome = self.store.transition(transition).await.map_err(store_err)?;
+            crate::faults::crash_point(crate::faults::AFTER_TERMINAL_STATE);
+            tracing::info!(state = %outcome.record.status.state, "Operation reached a final state.");
+            return Ok(outcome.record.status);
+        }
+    }
+}
