@@ -139,18 +139,7 @@ where
 /// Timestamps are epoch milliseconds, documents `jsonb`, integers `bigint` (the queries cast
 /// `integer` columns).
 impl Columns for PgRow {
-    fn text(&self, column: &str) -> Result<String> {
-        col(self, column)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>> {
-        col(self, column)
-    }
-    fn integer(&self, column: &str) -> Result<i64> {
-        col(self, column)
-    }
-    fn flag(&self, column: &str) -> Result<bool> {
-        col(self, column)
-    }
+    super::rows::plain_columns!();
     fn timestamp(&self, column: &str) -> Result<DateTime<Utc>> {
         from_ms(self.integer(column)?)
     }

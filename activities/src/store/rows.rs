@@ -11,6 +11,26 @@ use crate::contract::{
     ExecutionStatus, HistoryEntry, Operation, TenantState,
 };
 
+/// The plain reads of a [`Columns`] impl, the same for every backend: the backend's `col`
+/// (`sqlx::Row::try_get` with the driver error classified).
+macro_rules! plain_columns {
+    () => {
+        fn text(&self, column: &str) -> Result<String> {
+            col(self, column)
+        }
+        fn opt_text(&self, column: &str) -> Result<Option<String>> {
+            col(self, column)
+        }
+        fn integer(&self, column: &str) -> Result<i64> {
+            col(self, column)
+        }
+        fn flag(&self, column: &str) -> Result<bool> {
+            col(self, column)
+        }
+    };
+}
+pub(super) use plain_columns;
+
 /// The columns of one stored row, by name, as neutral values: each backend says how its
 /// database holds text, integers, flags, timestamps and JSON documents; the decoders here say
 /// which column is which.

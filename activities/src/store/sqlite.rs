@@ -49,18 +49,7 @@ where
 
 /// Timestamps are RFC 3339 text, documents JSON text.
 impl Columns for SqliteRow {
-    fn text(&self, column: &str) -> Result<String> {
-        col(self, column)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>> {
-        col(self, column)
-    }
-    fn integer(&self, column: &str) -> Result<i64> {
-        col(self, column)
-    }
-    fn flag(&self, column: &str) -> Result<bool> {
-        col(self, column)
-    }
+    super::rows::plain_columns!();
     fn timestamp(&self, column: &str) -> Result<DateTime<Utc>> {
         parse_ts(&self.text(column)?)
     }
