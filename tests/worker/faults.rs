@@ -453,15 +453,7 @@ async fn temporal_stopped_for_10_s_every_callback_is_delivered_afterwards() {
             .expect("start workflow");
     }
     // In flight: every operation requested, none settled yet (settle 3 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while worker.log().matches("Operation requested.").count() < OPERATIONS {
-        assert!(
-            Instant::now() < deadline,
-            "operations not requested:\n{}",
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    worker.wait_for_log("Operation requested.", OPERATIONS, Duration::from_secs(30));
     server.stop();
     let stopped_at = Instant::now();
     let delivered_before_stop = worker.log().matches("Callback delivered.").count();

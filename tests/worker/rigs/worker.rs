@@ -163,11 +163,17 @@ fn start_worker_process(
 
 impl TestWorker {
     fn wait_started(&self, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.log().matches("Worker started.").count() < times {
+        self.wait_for_log("Worker started.", times, Duration::from_secs(60));
+    }
+
+    /// Waits until the worker's log holds `line` at least `times` times; fails the test
+    /// (with the log) after `within`.
+    pub fn wait_for_log(&self, line: &str, times: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log().matches(line).count() < times {
             assert!(
                 Instant::now() < deadline,
-                "worker did not start:\n{}",
+                "the worker did not log {line:?} {times} time(s) within {within:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));

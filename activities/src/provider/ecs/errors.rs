@@ -337,13 +337,9 @@ pub fn redact(debug: &str) -> String {
 mod tests {
     use aws_sdk_ecs::{
         Client,
-        operation::{
-            create_service::CreateServiceError,
-            register_task_definition::RegisterTaskDefinitionOutput,
-            update_service::UpdateServiceError,
-        },
+        operation::{create_service::CreateServiceError, update_service::UpdateServiceError},
         types::{
-            ContainerDefinition, KeyValuePair, Secret, TaskDefinition,
+            ContainerDefinition, KeyValuePair, Secret,
             error::{
                 AccessDeniedException, ClientException, ClusterNotFoundException,
                 InvalidParameterException, LimitExceededException, NamespaceNotFoundException,
@@ -362,7 +358,7 @@ mod tests {
         provider::{
             ComputeProvider,
             ecs::{
-                fixtures::{config, family_missing, no_service, op, spec},
+                fixtures::{config, family_missing, no_service, op, registered, spec},
                 provider::EcsProvider,
             },
         },
@@ -373,15 +369,7 @@ mod tests {
     ) -> ComputeError {
         let describe = mock!(Client::describe_services).then_output(no_service);
         let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
-        let register = mock!(Client::register_task_definition).then_output(|| {
-            RegisterTaskDefinitionOutput::builder()
-                .task_definition(
-                    TaskDefinition::builder()
-                        .task_definition_arn("arn:td:1")
-                        .build(),
-                )
-                .build()
-        });
+        let register = mock!(Client::register_task_definition).then_output(registered);
         let create = mock!(Client::create_service).then_error(error);
         let client = mock_client!(
             aws_sdk_ecs,

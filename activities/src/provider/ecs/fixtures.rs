@@ -64,3 +64,15 @@ pub(super) fn family_missing() -> DescribeTaskDefinitionError {
             .build(),
     )
 }
+
+/// RegisterTaskDefinition's answer: revision `arn:td:1`.
+pub(super) fn registered()
+-> aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionOutput {
+    aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionOutput::builder()
+        .task_definition(
+            aws_sdk_ecs::types::TaskDefinition::builder()
+                .task_definition_arn("arn:td:1")
+                .build(),
+        )
+        .build()
+}

@@ -459,9 +459,8 @@ mod tests {
             create_service::CreateServiceOutput, delete_service::DeleteServiceError,
             describe_services::DescribeServicesOutput,
             list_task_definitions::ListTaskDefinitionsOutput,
-            register_task_definition::RegisterTaskDefinitionOutput,
         },
-        types::{TaskDefinition, error::ServiceNotFoundException},
+        types::error::ServiceNotFoundException,
     };
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
     use aws_smithy_runtime_api::http::StatusCode;
@@ -470,7 +469,7 @@ mod tests {
     use super::*;
     use crate::{
         contract::Operation,
-        provider::ecs::fixtures::{config, family_missing, no_service, op, spec},
+        provider::ecs::fixtures::{config, family_missing, no_service, op, registered, spec},
     };
 
     #[tokio::test]
@@ -519,15 +518,7 @@ mod tests {
             })
             .build();
         let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
-        let register = mock!(Client::register_task_definition).then_output(|| {
-            RegisterTaskDefinitionOutput::builder()
-                .task_definition(
-                    TaskDefinition::builder()
-                        .task_definition_arn("arn:td:1")
-                        .build(),
-                )
-                .build()
-        });
+        let register = mock!(Client::register_task_definition).then_output(registered);
         let create = mock!(Client::create_service).then_http_response(|| {
             HttpResponse::new(StatusCode::try_from(500).unwrap(), SdkBody::from("{}"))
         });
