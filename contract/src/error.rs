@@ -143,6 +143,18 @@ pub struct ComputeError {
     /// The last lines a workload wrote to stderr (`WORKLOAD_FAILED`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_tail: Option<String>,
+    /// The execution the error belongs to, once one was recorded: a failed start activity
+    /// names it, so a caller can read it or retry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// The tenant was put back on its last good spec after this failure (a failed or
+    /// cancelled update, a cancelled provision undone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
+    /// Why putting the tenant back failed (the tenant is then marked for manual
+    /// intervention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_error: Option<String>,
 }
 
 impl ComputeError {
@@ -162,6 +174,9 @@ impl ComputeError {
             retry_after_ms: None,
             exit_code: None,
             stderr_tail: None,
+            execution_id: None,
+            rolled_back: false,
+            rollback_error: None,
         }
     }
 
@@ -207,6 +222,14 @@ impl ComputeError {
     /// Lists what was created and what failed.
     pub fn with_partial(mut self, partial: PartialResult) -> Self {
         self.partial = Some(partial);
+        self
+    }
+
+    /// Names the execution, unless the error already names one.
+    pub fn with_execution_id(mut self, execution_id: &str) -> Self {
+        if self.execution_id.is_none() {
+            self.execution_id = Some(execution_id.to_string());
+        }
         self
     }
 

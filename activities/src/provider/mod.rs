@@ -34,6 +34,18 @@ pub struct OperationContext {
     pub metadata: Metadata,
 }
 
+impl OperationContext {
+    /// The context of putting the tenant back after this execution failed or was cancelled:
+    /// an update under the execution id `<executionId>-revert`.
+    pub fn revert(&self) -> OperationContext {
+        OperationContext {
+            execution_id: format!("{}-revert", self.execution_id),
+            operation: Operation::Update,
+            ..self.clone()
+        }
+    }
+}
+
 /// What the tenant has now, as the store knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CurrentState {
@@ -97,6 +109,35 @@ pub trait ComputeProvider: Send + Sync + 'static {
         current: &CurrentState,
         desired: &ComputeSpec,
     ) -> Result<ResourceIds>;
+
+    /// Puts the tenant's compute back on `previous` (its last good spec and the resources that
+    /// ran it) after an update to something else failed or was cancelled; `failed` holds the
+    /// resources of the failed attempt, as far as they are known. Returns the resources that
+    /// run `previous` now; the caller observes them (as an update of `op`) until they settle.
+    ///
+    /// Idempotent like every call here: a retry after a crash re-applies the same spec. `op`
+    /// is the failed execution's context with its own id ([`OperationContext::revert`]), so a
+    /// provider that recognises a retry by the execution id does not take the failed attempt
+    /// for the revert.
+    ///
+    /// The default re-applies `previous.spec` as an update from `failed`.
+    async fn revert(
+        &self,
+        op: &OperationContext,
+        previous: &CurrentState,
+        failed: &ResourceIds,
+    ) -> Result<ResourceIds> {
+        let Some(spec) = previous.spec.as_ref() else {
+            return Err(ComputeError::internal(
+                "nothing to revert to: the tenant has no last good spec",
+            ));
+        };
+        let current = CurrentState {
+            spec: None,
+            resource_ids: failed.clone(),
+        };
+        self.update(op, &current, spec).await
+    }
 
     /// Removes the tenant's compute; succeeds when there is nothing to remove.
     async fn delete(&self, op: &OperationContext, current: &CurrentState) -> Result<ResourceIds>;
