@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod telemetry;
+pub mod tenants;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -25,7 +26,7 @@ use temporalio_sdk::{
     runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
 };
 
-pub use crate::cli::{Cli, Command, RunArgs, Settings, SweepArgs};
+pub use crate::cli::{Cli, Command, RunArgs, Settings, SweepArgs, TenantArgs};
 
 /// Opens the execution store and starts the provider the settings name.
 async fn open_backends(

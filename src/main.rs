@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
             telemetry::init(args.run.log_format)?;
             compute_worker::sweep(&args).await
         }
+        Command::Tenant(args) => compute_worker::tenants::run(&args).await,
         Command::RetryPolicy => {
             println!(
                 "{}",

@@ -27,7 +27,7 @@ pub(crate) enum Fault<'a, E> {
     Answered(Answer<'a, E>),
     /// There was no answer to act on: the call timed out, never reached the service, or got
     /// a response that could not be read. Worth retrying, always.
-    Unanswered(ComputeError),
+    Unanswered(Box<ComputeError>),
     /// The SDK could not build the request.
     NotBuilt,
     /// A kind of SDK error this code does not know yet.
@@ -56,22 +56,22 @@ where
                 status: se.raw().status().as_u16(),
             })
         }
-        SdkError::TimeoutError(_) => Fault::Unanswered(
+        SdkError::TimeoutError(_) => Fault::Unanswered(Box::new(
             unavailable(format!("{what}: {service} did not answer in time"))
                 .with_provider(provider, Some("TimeoutError")),
-        ),
-        SdkError::DispatchFailure(e) => Fault::Unanswered(
+        )),
+        SdkError::DispatchFailure(e) => Fault::Unanswered(Box::new(
             unavailable(format!("{what}: {service} could not be reached"))
                 .with_provider(provider, Some("DispatchFailure"))
                 .with_root_cause(format!("{e:?}")),
-        ),
-        SdkError::ResponseError(e) => Fault::Unanswered(
+        )),
+        SdkError::ResponseError(e) => Fault::Unanswered(Box::new(
             unavailable(format!(
                 "{what}: {service} sent a response that could not be read"
             ))
             .with_provider(provider, Some("ResponseError"))
             .with_root_cause(format!("{:?}", e.raw().status())),
-        ),
+        )),
         SdkError::ConstructionFailure(_) => Fault::NotBuilt,
         _ => Fault::Unknown,
     }

@@ -436,6 +436,41 @@ fn valid_list_request() -> impl Strategy<Value = Value> {
     tenant_id().prop_map(|t| json!({"tenantId": t}))
 }
 
+fn valid_list_tenants_request() -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(prop::sample::select(vec![
+            "provisioning",
+            "running",
+            "updating",
+            "deleting",
+            "deleted",
+            "failed",
+            "requires_manual_intervention",
+        ])),
+        prop::option::of(1u32..=1000),
+        prop::option::of(tenant_id()),
+    )
+        .prop_map(|(state, size, token)| {
+            let mut r = json!({});
+            put(&mut r, "state", state.map(Value::from));
+            put(&mut r, "pageSize", size.map(Value::from));
+            put(&mut r, "pageToken", token.map(Value::from));
+            r
+        })
+}
+
+fn valid_cancel_request() -> impl Strategy<Value = Value> {
+    (
+        valid_get_request(),
+        prop::option::of(s("a-zA-Z0-9 .,:-", 0..=80)),
+    )
+        .prop_map(|(get, reason)| {
+            let mut r = json!({"executionId": get["executionId"]});
+            put(&mut r, "reason", reason.map(Value::from));
+            r
+        })
+}
+
 /// One step of a path into a JSON value.
 #[derive(Debug, Clone)]
 enum Seg {
@@ -640,6 +675,8 @@ const DELETE_PATHS: &[&str] = &[
 
 const GET_PATHS: &[&str] = &["", "executionId", "includeAttempts"];
 const LIST_PATHS: &[&str] = &["", "tenantId"];
+const LIST_TENANTS_PATHS: &[&str] = &["", "state", "pageSize", "pageToken"];
+const CANCEL_PATHS: &[&str] = &["", "executionId", "reason"];
 
 /// Inputs of one activity: fully random JSON (a third), or a near-valid request with up to
 /// four mutations (the rest; a quarter of those unmutated).
@@ -920,17 +957,41 @@ impl ExecutionStore for RecordingStore {
         self.inner.get_tenant(tenant_id).await
     }
 
-    async fn set_tenant_state(
+    async fn list_tenants(
+        &self,
+        state: Option<TenantState>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> store::Result<Vec<TenantRecord>> {
+        self.inner.list_tenants(state, after, limit).await
+    }
+
+    async fn mark_tenant(
         &self,
         tenant_id: &str,
-        state: TenantState,
-        execution_id: &str,
-        note: &str,
+        mark: compute_activities::contract::InterventionMark,
+        state: Option<TenantState>,
     ) -> store::Result<()> {
         self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .set_tenant_state(tenant_id, state, execution_id, note)
-            .await
+        self.inner.mark_tenant(tenant_id, mark, state).await
+    }
+
+    async fn clear_intervention(
+        &self,
+        tenant_id: &str,
+        note: &str,
+    ) -> store::Result<Option<TenantRecord>> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.clear_intervention(tenant_id, note).await
+    }
+
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        reason: Option<&str>,
+    ) -> store::Result<TransitionOutcome> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.request_cancel(execution_id, reason).await
     }
 
     async fn record_attempt(&self, attempt: AttemptRecord) -> store::Result<()> {
@@ -984,6 +1045,9 @@ enum Activity {
     Delete,
     Get,
     List,
+    GetTenant,
+    ListTenants,
+    Cancel,
 }
 
 /// The real activities over the recording fakes, one set per provider flavour, and the
@@ -1091,6 +1155,18 @@ impl Rig {
                     )
                     .await
                     .map(|v| serde_json::to_value(v).unwrap()),
+                Activity::GetTenant => env
+                    .run(ComputeActivities::get_tenant_compute, raw(&input))
+                    .await
+                    .map(|v| serde_json::to_value(v).unwrap()),
+                Activity::ListTenants => env
+                    .run(ComputeActivities::list_tenant_compute, raw(&input))
+                    .await
+                    .map(|v| serde_json::to_value(v).unwrap()),
+                Activity::Cancel => env
+                    .run(ComputeActivities::cancel_compute_execution, raw(&input))
+                    .await
+                    .map(|v| serde_json::to_value(v).unwrap()),
             }
         });
         result.map_err(|e| match e {
@@ -1174,12 +1250,23 @@ impl Rig {
             }
             // Accepted look-ups answer from the (empty) store.
             (None, ran) => match activity {
-                Activity::Get => {
+                Activity::Get | Activity::Cancel => {
                     let (code, non_retryable, ..) = ran.err().unwrap_or_default();
                     prop_assert_eq!(code.as_deref(), Some("NOT_FOUND"), "{}", what);
                     prop_assert!(non_retryable);
                 }
                 Activity::List => prop_assert_eq!(ran.ok(), Some(json!([])), "{}", what),
+                Activity::GetTenant => {
+                    let tenant = ran.ok().unwrap_or_default();
+                    prop_assert_eq!(&tenant["state"], "absent", "{}", what);
+                    prop_assert_eq!(&tenant["tenantId"], &input["tenantId"], "{}", what);
+                }
+                Activity::ListTenants => prop_assert_eq!(
+                    ran.ok(),
+                    Some(json!({"tenants": [], "nextPageToken": null})),
+                    "{}",
+                    what
+                ),
                 _ => unreachable!("accepted start requests are not run"),
             },
         }
@@ -1421,6 +1508,39 @@ fn list_executions_inputs() {
         valid_list_request().boxed(),
         LIST_PATHS,
         |v| bounded(v).and_then(|()| validate::tenant_only(v).map(drop)),
+    );
+}
+
+#[test]
+fn get_tenant_inputs() {
+    simple_activity(
+        "GetTenantCompute",
+        Activity::GetTenant,
+        valid_list_request().boxed(),
+        LIST_PATHS,
+        |v| bounded(v).and_then(|()| validate::tenant_only(v).map(drop)),
+    );
+}
+
+#[test]
+fn list_tenants_inputs() {
+    simple_activity(
+        "ListTenantCompute",
+        Activity::ListTenants,
+        valid_list_tenants_request().boxed(),
+        LIST_TENANTS_PATHS,
+        |v| bounded(v).and_then(|()| validate::tenant_list_query(v).map(drop)),
+    );
+}
+
+#[test]
+fn cancel_inputs() {
+    simple_activity(
+        "CancelComputeExecution",
+        Activity::Cancel,
+        valid_cancel_request().boxed(),
+        CANCEL_PATHS,
+        |v| bounded(v).and_then(|()| validate::cancel_request(v).map(drop)),
     );
 }
 

@@ -9,7 +9,7 @@ use temporalio_common::{ActivityDefinition, data_converters::RawValue};
 use crate::{
     messages::{DeliveryOutcome, HeartbeatOutcome},
     names,
-    types::{CallbackTarget, ExecutionHandle, ExecutionStatus},
+    types::{CallbackTarget, ExecutionHandle, ExecutionStatus, TenantCompute, TenantPage},
 };
 
 macro_rules! signatures {
@@ -42,6 +42,12 @@ signatures! {
     GetExecution = names::GET_EXECUTION_ACTIVITY => ExecutionStatus;
     /// `ListTenantComputeExecutions`: `{tenantId}` -> `[ExecutionStatus]`.
     ListExecutions = names::LIST_EXECUTIONS_ACTIVITY => Vec<ExecutionStatus>;
+    /// `GetTenantCompute`: `{tenantId}` -> `TenantCompute`.
+    GetTenant = names::GET_TENANT_ACTIVITY => TenantCompute;
+    /// `ListTenantCompute`: `{state?, pageSize?, pageToken?}` -> `TenantPage`.
+    ListTenants = names::LIST_TENANTS_ACTIVITY => TenantPage;
+    /// `CancelComputeExecution`: `{executionId, reason?}` -> `ExecutionStatus`.
+    CancelExecution = names::CANCEL_EXECUTION_ACTIVITY => ExecutionStatus;
     /// `WatchComputeExecution` (tracker): `WatchInput` -> `ExecutionStatus`.
     WatchExecution = names::WATCH_EXECUTION_ACTIVITY => ExecutionStatus;
     /// `MarkComputeExecutionTimedOut` (tracker): `{executionId}` -> `ExecutionStatus`.

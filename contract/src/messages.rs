@@ -153,6 +153,9 @@ pub struct InterventionInput {
     pub execution_id: String,
     /// Why.
     pub reason: String,
+    /// The failure's code (the mark's `code`; `INTERNAL` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::ErrorCode>,
 }
 
 /// The most callers one execution tells (the tracker drops `attach-callback` signals past

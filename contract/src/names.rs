@@ -16,6 +16,15 @@ pub const DELETE_ACTIVITY: &str = "DeleteTenantCompute";
 pub const GET_EXECUTION_ACTIVITY: &str = "GetComputeExecution";
 /// Activity: a tenant's executions, oldest first (`{tenantId}` -> `[ExecutionStatus]`).
 pub const LIST_EXECUTIONS_ACTIVITY: &str = "ListTenantComputeExecutions";
+/// Activity: a tenant's state, last good spec, live resources and manual-intervention mark
+/// (`{tenantId}` -> `TenantCompute`; an unknown tenant is `state: "absent"`).
+pub const GET_TENANT_ACTIVITY: &str = "GetTenantCompute";
+/// Activity: tenants by id, a page at a time (`{state?, pageSize?, pageToken?}` ->
+/// `{tenants, nextPageToken}`).
+pub const LIST_TENANTS_ACTIVITY: &str = "ListTenantCompute";
+/// Activity: stop an execution: undo a provision, revert an update (`{executionId, reason?}`
+/// -> `ExecutionStatus`).
+pub const CANCEL_EXECUTION_ACTIVITY: &str = "CancelComputeExecution";
 
 /// Internal activity of the tracker: watch the provider until the execution changes.
 pub const WATCH_EXECUTION_ACTIVITY: &str = "WatchComputeExecution";

@@ -140,32 +140,51 @@ impl std::fmt::Display for ExecutionState {
     }
 }
 
-/// The state of a tenant, derived from its executions.
+/// The state of a tenant, derived from its executions (see the README's tenant state machine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantState {
+    /// The worker has never recorded the tenant (only in answers: never stored).
+    Absent,
     /// A provision is under way.
     Provisioning,
-    /// The compute runs as desired.
-    Active,
+    /// The compute runs the tenant's last good spec.
+    // Stored as "active" by workers before the tenant lifecycle: still read as running.
+    #[serde(alias = "active")]
+    Running,
     /// An update is under way.
     Updating,
     /// A delete is under way.
     Deleting,
-    /// The compute is gone.
+    /// The compute is gone (deleted, or a provision undone).
     Deleted,
-    /// The last operation failed; a retry or a delete recovers.
+    /// The last operation failed and the tenant has no good state to stand on (a failed
+    /// provision or delete); a retry or a delete recovers.
     Failed,
-    /// An operator must look: something was left that automation cannot clean up.
+    /// An operator must look: something was left that automation cannot clean up (a partial
+    /// failure, a revert that failed, a policy's `abort`).
     RequiresManualIntervention,
 }
 
 impl TenantState {
+    /// Every state, in the README's order.
+    pub const ALL: [TenantState; 8] = [
+        TenantState::Absent,
+        TenantState::Provisioning,
+        TenantState::Running,
+        TenantState::Updating,
+        TenantState::Deleting,
+        TenantState::Deleted,
+        TenantState::Failed,
+        TenantState::RequiresManualIntervention,
+    ];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
+            TenantState::Absent => "absent",
             TenantState::Provisioning => "provisioning",
-            TenantState::Active => "active",
+            TenantState::Running => "running",
             TenantState::Updating => "updating",
             TenantState::Deleting => "deleting",
             TenantState::Deleted => "deleted",
@@ -174,11 +193,12 @@ impl TenantState {
         }
     }
 
-    /// Parses a wire name.
+    /// Parses a wire name (and `active`, the stored name of `running` before it was renamed).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "absent" => TenantState::Absent,
             "provisioning" => TenantState::Provisioning,
-            "active" => TenantState::Active,
+            "running" | "active" => TenantState::Running,
             "updating" => TenantState::Updating,
             "deleting" => TenantState::Deleting,
             "deleted" => TenantState::Deleted,
@@ -187,6 +207,81 @@ impl TenantState {
             _ => return None,
         })
     }
+}
+
+impl std::fmt::Display for TenantState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a tenant needs an operator: set by a non-retriable failure (or a policy's `abort`),
+/// cleared by the next successful operation or `compute-worker tenant clear`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterventionMark {
+    /// The failure's code.
+    pub code: ErrorCode,
+    /// The failure's message.
+    pub message: String,
+    /// The execution that failed.
+    pub execution_id: String,
+    /// When the mark was set.
+    pub at: DateTime<Utc>,
+}
+
+/// A tenant as `GetTenantCompute` and `ListTenantCompute` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantCompute {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its state (`absent` for a tenant never recorded).
+    pub state: TenantState,
+    /// The last successfully applied spec (null before the first success and after a
+    /// delete).
+    pub spec: Option<ComputeSpec>,
+    /// The resources that run now.
+    #[serde(default)]
+    pub resource_ids: ResourceIds,
+    /// How many times a spec was applied successfully: it changes exactly when `spec` does.
+    pub revision: u64,
+    /// The tenant's latest execution.
+    pub last_execution_id: Option<String>,
+    /// Executions not final yet (pending, running, timed out), oldest first.
+    #[serde(default)]
+    pub active_execution_ids: Vec<String>,
+    /// Set when an operator must look.
+    pub requires_intervention: Option<InterventionMark>,
+    /// When the tenant last changed (null when absent).
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl TenantCompute {
+    /// What is known of a tenant never recorded.
+    pub fn absent(tenant_id: &str) -> Self {
+        TenantCompute {
+            tenant_id: tenant_id.to_string(),
+            state: TenantState::Absent,
+            spec: None,
+            resource_ids: ResourceIds::default(),
+            revision: 0,
+            last_execution_id: None,
+            active_execution_ids: Vec::new(),
+            requires_intervention: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// One page of `ListTenantCompute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantPage {
+    /// Tenants ordered by id.
+    pub tenants: Vec<TenantCompute>,
+    /// Pass as `pageToken` for the next page; null on the last.
+    pub next_page_token: Option<String>,
 }
 
 /// A reference to a secret: where the provider reads it, never its value.
@@ -559,6 +654,10 @@ pub struct ExecutionStatus {
     pub operation: Operation,
     /// The current state.
     pub state: ExecutionState,
+    /// Which attempt of the execution this is: 1, then one more each time the same request
+    /// re-opens it after a terminal failure.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     /// The caller's idempotency key, if one was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -696,6 +795,10 @@ pub struct AttemptRecord {
     pub message: Option<String>,
 }
 
+fn first_attempt() -> u32 {
+    1
+}
+
 /// What the start activities return at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -708,6 +811,9 @@ pub struct ExecutionHandle {
     pub operation: Operation,
     /// The state when the activity returned; final if the caller attached after the end.
     pub state: ExecutionState,
+    /// The execution's attempt (see [`ExecutionStatus::attempt`]).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     /// What the provider created.
     #[serde(default)]
     pub resource_ids: ResourceIds,
@@ -732,6 +838,9 @@ pub struct ComputeCallback {
     pub operation: Operation,
     /// The reported state (`succeeded`, `failed`, `cancelled`, `timed_out`).
     pub state: ExecutionState,
+    /// The execution's attempt: a caller dedupes on (`executionId`, `attempt`, `state`).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     /// What the provider created.
     #[serde(default)]
     pub resource_ids: ResourceIds,
@@ -757,6 +866,7 @@ impl ComputeCallback {
             tenant_id: status.tenant_id.clone(),
             operation: status.operation,
             state: status.state,
+            attempt: status.attempt,
             resource_ids: status.resource_ids.clone(),
             error: status.error.clone(),
             started_at: status.created_at,

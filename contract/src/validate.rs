@@ -13,7 +13,7 @@ use crate::{
     error::{ComputeError, Result},
     types::{
         CallbackTarget, ComputeRequest, ComputeSpec, DeleteRequest, Metadata, RestateCallback,
-        SecretKeyRef, SecretRef, StepFunctionsCallback, TemporalCallback,
+        SecretKeyRef, SecretRef, StepFunctionsCallback, TemporalCallback, TenantState,
     },
 };
 
@@ -704,12 +704,124 @@ pub fn tenant_only(input: &Value) -> Result<String> {
     tenant_id(&Obj::root(input)?)
 }
 
+/// The validated input of `ListTenantCompute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantListQuery {
+    /// Only tenants in this state.
+    pub state: Option<TenantState>,
+    /// At most this many tenants (1 to [`MAX_TENANT_PAGE`]; default [`DEFAULT_TENANT_PAGE`]).
+    pub page_size: u32,
+    /// Tenants after this id (the previous page's `nextPageToken`).
+    pub after: Option<String>,
+}
+
+/// The page size of `ListTenantCompute` when the input gives none.
+pub const DEFAULT_TENANT_PAGE: u32 = 100;
+/// The largest page `ListTenantCompute` returns.
+pub const MAX_TENANT_PAGE: u32 = 1000;
+
+/// Validates `{state?, pageSize?, pageToken?}` (`ListTenantCompute`).
+pub fn tenant_list_query(input: &Value) -> Result<TenantListQuery> {
+    let obj = Obj::root(input)?;
+    let state = match obj.string("state")? {
+        None => None,
+        Some(s) => match TenantState::parse(s) {
+            Some(TenantState::Absent) => {
+                return Err(invalid("state", "absent tenants are not recorded, so never listed"));
+            }
+            Some(state) => Some(state),
+            None => {
+                return Err(invalid(
+                    "state",
+                    "must be one of provisioning, running, updating, deleting, deleted, failed, \
+                     requires_manual_intervention",
+                ));
+            }
+        },
+    };
+    let page_size = obj
+        .unsigned("pageSize", 1, u64::from(MAX_TENANT_PAGE))?
+        .map_or(DEFAULT_TENANT_PAGE, |n| n as u32);
+    let after = match obj.string("pageToken")? {
+        None | Some("") => None,
+        Some(token) => {
+            // The token is the last tenant id of the previous page: anything else is not one
+            // we handed out.
+            if !is_dns1123_label(token) {
+                return Err(invalid("pageToken", "must be a nextPageToken from an earlier page"));
+            }
+            Some(token.to_string())
+        }
+    };
+    Ok(TenantListQuery {
+        state,
+        page_size,
+        after,
+    })
+}
+
+/// The longest `reason` `CancelComputeExecution` takes.
+pub const MAX_CANCEL_REASON: usize = 500;
+
+/// Validates `{executionId, reason?}` (`CancelComputeExecution`).
+pub fn cancel_request(input: &Value) -> Result<(String, Option<String>)> {
+    let obj = Obj::root(input)?;
+    let id = obj.required_string("executionId")?;
+    check_execution_id("executionId", id)?;
+    let reason = match obj.string("reason")? {
+        Some(r) if r.chars().count() > MAX_CANCEL_REASON || r.chars().any(char::is_control) => {
+            return Err(invalid(
+                "reason",
+                "must be at most 500 characters with no control characters",
+            ));
+        }
+        r => r.map(str::to_string),
+    };
+    Ok((id.to_string(), reason))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
     use crate::error::ErrorCode;
+
+    #[test]
+    fn tenant_list_queries_and_cancel_requests_are_checked() {
+        let q = tenant_list_query(&json!({})).unwrap();
+        assert_eq!((q.state, q.page_size, q.after), (None, DEFAULT_TENANT_PAGE, None));
+        let q = tenant_list_query(&json!({"state": "running", "pageSize": 2, "pageToken": "acme"}))
+            .unwrap();
+        assert_eq!(q.state, Some(TenantState::Running));
+        assert_eq!((q.page_size, q.after.as_deref()), (2, Some("acme")));
+        for bad in [
+            json!({"state": "absent"}),
+            json!({"state": "nope"}),
+            json!({"state": 3}),
+            json!({"pageSize": 0}),
+            json!({"pageSize": 1001}),
+            json!({"pageSize": -1}),
+            json!({"pageToken": "../x"}),
+            json!([]),
+        ] {
+            let e = tenant_list_query(&bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidConfiguration, "{bad}");
+        }
+        assert_eq!(
+            cancel_request(&json!({"executionId": "a-update-1", "reason": "oops"})).unwrap(),
+            ("a-update-1".to_string(), Some("oops".to_string()))
+        );
+        for bad in [
+            json!({}),
+            json!({"executionId": "../x"}),
+            json!({"executionId": "a", "reason": "x".repeat(501)}),
+            json!({"executionId": "a", "reason": "a\nb"}),
+            json!({"executionId": "a", "reason": 1}),
+        ] {
+            assert!(cancel_request(&bad).is_err(), "{bad}");
+        }
+    }
 
     fn ok() -> Value {
         json!({

@@ -4,13 +4,19 @@
 mod ecs;
 mod kubernetes;
 mod local;
+mod tenant;
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use compute_activities::{callback, names, provider::ProviderConfig, store};
 
-pub use self::{ecs::EcsArgs, kubernetes::KubernetesArgs, local::LocalArgs};
+pub use self::{
+    ecs::EcsArgs,
+    kubernetes::KubernetesArgs,
+    local::LocalArgs,
+    tenant::{TenantArgs, TenantCommand},
+};
 use crate::telemetry::LogFormat;
 
 /// The command line.
@@ -41,6 +47,9 @@ pub enum Command {
     /// unknown or deleted, or whose execution is unknown; `--apply` removes them. Takes the
     /// same provider and database settings as `run`.
     Sweep(SweepArgs),
+    /// Read tenants (`list`, `show`) and clear manual-intervention marks (`clear`) on the
+    /// store named by `--database` / `COMPUTE_DATABASE_URL`.
+    Tenant(TenantArgs),
 }
 
 /// Settings of `compute-worker sweep`.

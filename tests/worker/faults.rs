@@ -129,7 +129,7 @@ async fn check_run_with(
         "{states:?}"
     );
     let tenant_state = store.get_tenant(tenant).await.unwrap().unwrap().state;
-    assert_eq!(tenant_state, TenantState::Active);
+    assert_eq!(tenant_state, TenantState::Running);
     RunOutcome {
         callbacks: signals.len(),
         resources,

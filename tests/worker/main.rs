@@ -10,6 +10,7 @@ mod ecs;
 mod faults;
 mod fuzz;
 mod kubernetes;
+mod lifecycle;
 mod postgres_tls;
 mod rigs;
 mod secret_scan;

@@ -78,7 +78,13 @@ async fn sweep_lists_orphans_by_default_and_removes_them_with_apply() {
         // died between the store and the provider, or a restored backup, leaves behind.
         let latest = s.list_executions("ghost").await.unwrap();
         let execution = latest.last().unwrap().status.execution_id.clone();
-        s.set_tenant_state(&t.tenant_id, TenantState::Deleted, &execution, "test")
+        let mark = compute_activities::contract::InterventionMark {
+            code: compute_activities::ErrorCode::Internal,
+            message: "test".into(),
+            execution_id: execution.clone(),
+            at: compute_activities::contract::now(),
+        };
+        s.mark_tenant(&t.tenant_id, mark, Some(TenantState::Deleted))
             .await
             .unwrap();
         execution

@@ -22,7 +22,9 @@ pub enum OnError {
     /// Run the operation again (a new execution), up to `maxAttempts`; for `TIMEOUT`, keep
     /// waiting for the same execution.
     Retry,
-    /// Delete what was created, then fail.
+    /// Undo, then fail: a failed update is put back on the tenant's last good spec (the
+    /// worker does that itself on every failure, so this only fails), a failed provision of a
+    /// new tenant has its compute deleted.
     Rollback,
     /// Mark the tenant `requires_manual_intervention`, then fail.
     Abort,

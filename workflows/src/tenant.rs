@@ -14,7 +14,7 @@ use compute_contract::{
     names,
     types::{
         CallbackTarget, ComputeCallback, ExecutionHandle, ExecutionState, ExecutionStatus,
-        Operation,
+        InterventionMark, Operation, TenantCompute,
     },
     validate,
 };
@@ -74,6 +74,9 @@ pub struct TenantComputeView {
     /// Heartbeats the callback target took while the workflow ran.
     #[serde(default)]
     pub heartbeats_sent: u32,
+    /// The tenant's manual-intervention mark, as read when the operation failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_intervention: Option<InterventionMark>,
 }
 
 /// The ready-made caller workflow.
@@ -99,26 +102,6 @@ fn read_options(policy: &Policy) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
         .retry_policy(policy.retry_policy())
         .build()
-}
-
-/// The request for operation attempt `attempt`: attempt 1 is the caller's request as is;
-/// later attempts get their own idempotency key so they are new executions.
-fn request_for_attempt(request: &Value, attempt: u32, workflow_id: &str) -> Value {
-    let mut request = request.clone();
-    if attempt > 1
-        && let Some(obj) = request.as_object_mut()
-    {
-        let base = obj
-            .get("idempotencyKey")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| workflow_id.to_string());
-        obj.insert(
-            "idempotencyKey".into(),
-            Value::String(format!("{base}#attempt-{attempt}")),
-        );
-    }
-    request
 }
 
 #[workflow_methods]
@@ -238,6 +221,7 @@ impl TenantComputeWorkflow {
                             tenant_id: view.tenant_id.clone().unwrap_or_default(),
                             operation: view.operation.unwrap_or(Operation::Provision),
                             state: ExecutionState::Failed,
+                            attempt: 1,
                             resource_ids: Default::default(),
                             error: Some(error),
                             started_at: at,
@@ -276,16 +260,17 @@ impl TenantComputeWorkflow {
 
         let policy = input.policy.clone();
         let mut attempt = 1u32;
-        // Bumped only when an execution ended in failure: a new execution needs a new key,
-        // while a start activity that merely failed to reach the provider retries the same one.
-        let mut key_attempt = 1u32;
-        // Set when a TIMEOUT is retried: keep waiting for the same execution.
-        let mut reattach: Option<String> = None;
+        // Set when a TIMEOUT is retried: keep waiting for the same execution (and attempt).
+        let mut reattach: Option<(String, u32)> = None;
         loop {
             ctx.state_mut(|s| s.view.attempt = attempt);
+            // A retry sends the same request again: the worker re-opens the failed execution
+            // under the same id (its attempt goes up), so the caller's execution id holds.
             let result = match reattach.take() {
-                Some(execution_id) => Self::await_final(ctx, &policy, &execution_id, true).await,
-                None => Self::run_once(ctx, &input, key_attempt).await,
+                Some((execution_id, execution_attempt)) => {
+                    Self::await_final(ctx, &policy, &execution_id, execution_attempt, true).await
+                }
+                None => Self::run_once(ctx, &input).await,
             };
             let (execution_id, state, error) = match result {
                 Ok(status) if status.state == ExecutionState::Succeeded => {
@@ -306,18 +291,24 @@ impl TenantComputeWorkflow {
                         ComputeError::new(code, format!("the execution ended {}", status.state))
                     });
                     ctx.state_mut(|s| s.view.last_status = Some(status.clone()));
-                    (Some(status.execution_id), Some(status.state), error)
+                    (
+                        Some(status.execution_id),
+                        Some((status.state, status.attempt)),
+                        error,
+                    )
                 }
                 Err(e) => (ctx.state(|s| s.view.execution_id.clone()), None, e),
             };
+            if state.is_some_and(|(st, _)| st.is_final()) {
+                Self::read_mark(ctx, &policy).await;
+            }
             match policy.action(error.code) {
                 Some(OnError::Retry) if attempt < policy.max_attempts => {
-                    if state == Some(ExecutionState::TimedOut) {
-                        reattach = execution_id;
+                    if let (Some(id), Some((ExecutionState::TimedOut, execution_attempt))) =
+                        (&execution_id, state)
+                    {
+                        reattach = Some((id.clone(), execution_attempt));
                     } else {
-                        if state.is_some() {
-                            key_attempt += 1;
-                        }
                         ctx.state_mut(|s| s.view.phase = "backoff".into());
                         ctx.timer(policy.backoff(attempt)).await;
                     }
@@ -325,7 +316,7 @@ impl TenantComputeWorkflow {
                 }
                 Some(OnError::Rollback) => {
                     ctx.state_mut(|s| s.view.phase = "rolling_back".into());
-                    if let Err(rollback_error) = Self::rollback(ctx, &input).await {
+                    if let Err(rollback_error) = Self::rollback(ctx, &input, &error).await {
                         let mut e = error;
                         e.root_cause = Some(format!(
                             "{}; the rollback failed too: {}",
@@ -346,11 +337,13 @@ impl TenantComputeWorkflow {
                                 tenant_id,
                                 execution_id,
                                 reason: format!("{}: {}", error.code, error.message),
+                                code: Some(error.code),
                             }),
                             read_options(&policy),
                         )
                         .await
                         .map_err(|e| Self::finish_failed(ctx, compute_error_of(&e)))?;
+                        Self::read_mark(ctx, &policy).await;
                     }
                     return Err(Self::finish_failed(ctx, error));
                 }
@@ -363,14 +356,9 @@ impl TenantComputeWorkflow {
     async fn run_once(
         ctx: &WorkflowContext<Self>,
         input: &TenantComputeInput,
-        key_attempt: u32,
     ) -> Result<ExecutionStatus, ComputeError> {
         ctx.state_mut(|s| s.view.phase = "starting".into());
-        let request = raw(&request_for_attempt(
-            &input.request,
-            key_attempt,
-            ctx.workflow_id(),
-        ));
+        let request = raw(&input.request);
         let options = start_options(&input.policy);
         let handle: Result<ExecutionHandle, ActivityExecutionError> = match input.operation {
             Operation::Provision => {
@@ -386,7 +374,13 @@ impl TenantComputeWorkflow {
                     .await
             }
         };
-        let handle = handle.map_err(|e| compute_error_of(&e))?;
+        let handle = handle.map_err(|e| {
+            let e = compute_error_of(&e);
+            if let Some(id) = &e.execution_id {
+                ctx.state_mut(|s| s.view.execution_id = Some(id.clone()));
+            }
+            e
+        })?;
         ctx.state_mut(|s| {
             s.view.execution_id = Some(handle.execution_id.clone());
             s.view.state = Some(handle.state);
@@ -394,7 +388,39 @@ impl TenantComputeWorkflow {
         if handle.state.is_final() {
             return Self::read_status(ctx, &input.policy, &handle.execution_id).await;
         }
-        Self::await_final(ctx, &input.policy, &handle.execution_id, false).await
+        Self::await_final(
+            ctx,
+            &input.policy,
+            &handle.execution_id,
+            handle.attempt,
+            false,
+        )
+        .await
+    }
+
+    /// Reads the tenant's manual-intervention mark into the view (best effort: the view is
+    /// for operators, and a failed read must not change the outcome).
+    async fn read_mark(ctx: &WorkflowContext<Self>, policy: &Policy) {
+        let Some(tenant_id) = ctx.state(|s| s.view.tenant_id.clone()) else {
+            return;
+        };
+        if let Ok(tenant) = Self::read_tenant(ctx, policy, &tenant_id).await {
+            ctx.state_mut(|s| s.view.requires_intervention = tenant.requires_intervention);
+        }
+    }
+
+    async fn read_tenant(
+        ctx: &WorkflowContext<Self>,
+        policy: &Policy,
+        tenant_id: &str,
+    ) -> Result<TenantCompute, ComputeError> {
+        ctx.execute_activity(
+            activity::GetTenant,
+            raw(&serde_json::json!({ "tenantId": tenant_id })),
+            read_options(policy),
+        )
+        .await
+        .map_err(|e| compute_error_of(&e))
     }
 
     /// Waits for a final (or, unless `past_timeout`, a timed-out) callback of the execution;
@@ -403,6 +429,7 @@ impl TenantComputeWorkflow {
         ctx: &WorkflowContext<Self>,
         policy: &Policy,
         execution_id: &str,
+        attempt: u32,
         past_timeout: bool,
     ) -> Result<ExecutionStatus, ComputeError> {
         let wanted = move |state: ExecutionState| {
@@ -414,7 +441,9 @@ impl TenantComputeWorkflow {
             let mut timer = ctx.timer(policy.callback_timeout);
             let got_callback = temporalio_sdk::workflows::select! {
                 r = ctx.wait_condition(move |s: &Self| {
-                    s.view.callbacks.iter().any(|c| c.execution_id == id && wanted(c.state))
+                    s.view.callbacks.iter().any(|c| {
+                        c.execution_id == id && c.attempt == attempt && wanted(c.state)
+                    })
                 }) => r.is_ok(),
                 _ = &mut timer => false,
             };
@@ -430,7 +459,8 @@ impl TenantComputeWorkflow {
                 s.view.state = Some(status.state);
                 s.view.last_status = Some(status.clone());
             });
-            if wanted(status.state) {
+            // A later attempt (someone re-sent the request) answers for this one too.
+            if wanted(status.state) || status.attempt > attempt {
                 return Ok(status);
             }
         }
@@ -450,16 +480,34 @@ impl TenantComputeWorkflow {
         .map_err(|e| compute_error_of(&e))
     }
 
-    /// `rollback`: deletes the tenant's compute and waits for the delete to end.
+    /// `rollback`: for an update, the worker has already put the tenant back on its last
+    /// good spec (`error.rolledBack`), so nothing is left to do; for a provision, the tenant's
+    /// compute is deleted unless it has a last good spec to stand on (a provision applied
+    /// over an existing tenant was put back like an update). Waits for the delete to end.
     async fn rollback(
         ctx: &WorkflowContext<Self>,
         input: &TenantComputeInput,
+        error: &ComputeError,
     ) -> Result<(), ComputeError> {
+        if let Some(why) = &error.rollback_error {
+            return Err(ComputeError::new(error.code, why.clone()));
+        }
+        if input.operation != Operation::Provision || error.rolled_back {
+            return Ok(());
+        }
         let tenant_id = input
             .request
             .get("tenantId")
             .cloned()
             .unwrap_or(Value::Null);
+        if let Some(id) = tenant_id.as_str()
+            && Self::read_tenant(ctx, &input.policy, id)
+                .await?
+                .spec
+                .is_some()
+        {
+            return Ok(());
+        }
         let request = serde_json::json!({
             "tenantId": tenant_id,
             "idempotencyKey": format!("{}#rollback", ctx.workflow_id()),
@@ -475,7 +523,14 @@ impl TenantComputeWorkflow {
         let status = if handle.state.is_final() {
             Self::read_status(ctx, &input.policy, &handle.execution_id).await?
         } else {
-            Self::await_final(ctx, &input.policy, &handle.execution_id, true).await?
+            Self::await_final(
+                ctx,
+                &input.policy,
+                &handle.execution_id,
+                handle.attempt,
+                true,
+            )
+            .await?
         };
         match status.error {
             Some(e) if status.state != ExecutionState::Succeeded => Err(e),
@@ -506,7 +561,9 @@ impl TenantComputeWorkflow {
             .view
             .callbacks
             .iter()
-            .any(|c| c.execution_id == cb.execution_id && c.state == cb.state)
+            .any(|c| {
+                c.execution_id == cb.execution_id && c.attempt == cb.attempt && c.state == cb.state
+            })
         {
             self.view.duplicate_callbacks_ignored += 1;
         } else {
@@ -545,24 +602,3 @@ impl TenantComputeWorkflow {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn later_attempts_get_their_own_key() {
-        let r = json!({"tenantId": "a"});
-        assert_eq!(request_for_attempt(&r, 1, "wf"), r);
-        assert_eq!(
-            request_for_attempt(&r, 2, "wf")["idempotencyKey"],
-            "wf#attempt-2"
-        );
-        let k = json!({"tenantId": "a", "idempotencyKey": "k"});
-        assert_eq!(
-            request_for_attempt(&k, 3, "wf")["idempotencyKey"],
-            "k#attempt-3"
-        );
-    }
-}

@@ -111,6 +111,70 @@ impl ComputeActivities {
         .await
     }
 
+    /// `GetTenantCompute`: `{tenantId}` -> `TenantCompute` (an unknown tenant is `absent`).
+    #[activity(name = names::GET_TENANT_ACTIVITY)]
+    pub async fn get_tenant_compute(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: RawValue,
+    ) -> Result<TenantCompute, ActivityError> {
+        self.audited(&ctx, async |attempt| {
+            let tenant = input::decode(&input, "input")
+                .and_then(|input| validate::tenant_only(&input))
+                .map_err(|e| fail(e, "Validating the request"))?;
+            attempt.about_tenant(&tenant, None);
+            self.tenant_compute(&tenant)
+                .await
+                .map_err(|e| fail(e, "Reading the tenant"))
+        })
+        .await
+    }
+
+    /// `ListTenantCompute`: `{state?, pageSize?, pageToken?}` -> `{tenants, nextPageToken}`.
+    #[activity(name = names::LIST_TENANTS_ACTIVITY)]
+    pub async fn list_tenant_compute(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: RawValue,
+    ) -> Result<TenantPage, ActivityError> {
+        self.audited(&ctx, async |_attempt| {
+            let query = input::decode(&input, "input")
+                .and_then(|input| validate::tenant_list_query(&input))
+                .map_err(|e| fail(e, "Validating the request"))?;
+            self.tenant_page(&query)
+                .await
+                .map_err(|e| fail(e, "Listing tenants"))
+        })
+        .await
+    }
+
+    /// `CancelComputeExecution`: `{executionId, reason?}` -> the `ExecutionStatus` after the
+    /// request. A running provision is undone and a running update reverted (by the tracker;
+    /// this waits a while for it), a pending execution is cancelled at once, a running delete
+    /// is refused with `CONFLICT`, and a finished execution is answered unchanged.
+    #[activity(name = names::CANCEL_EXECUTION_ACTIVITY)]
+    pub async fn cancel_compute_execution(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: RawValue,
+    ) -> Result<ExecutionStatus, ActivityError> {
+        self.audited(&ctx, async |attempt| {
+            let (id, reason) = input::decode(&input, "input")
+                .and_then(|input| validate::cancel_request(&input))
+                .map_err(|e| fail(e, "Validating the request"))?;
+            attempt.about_execution(&id);
+            let span = tracing::info_span!("cancel", execution_id = %id, tenant_id = Empty, operation = Empty);
+            async {
+                self.cancel(&ctx, &id, reason)
+                    .await
+                    .map_err(|e| fail(e, "Cancelling the execution"))
+            }
+            .instrument(span)
+            .await
+        })
+        .await
+    }
+
     /// Internal (tracker): observes the provider until the execution is final, or its
     /// progress changed and the tracker should hear of it. Heartbeats while it waits.
     #[activity(name = names::WATCH_EXECUTION_ACTIVITY)]
@@ -275,18 +339,9 @@ impl ComputeActivities {
             span.record("execution_id", input.execution_id.as_str());
             async {
                 tracing::error!(reason = %input.reason, "Tenant marked for manual intervention.");
-                self.store
-                    .set_tenant_state(
-                        &input.tenant_id,
-                        TenantState::RequiresManualIntervention,
-                        &input.execution_id,
-                        &format!(
-                            "tenant marked requires_manual_intervention: {}",
-                            input.reason
-                        ),
-                    )
+                self.mark_for_intervention(&input)
                     .await
-                    .map_err(|e| fail(store_err(e), "Marking the tenant"))
+                    .map_err(|e| fail(e, "Marking the tenant"))
             }
             .instrument(span)
             .await
@@ -327,6 +382,12 @@ mod tests {
         same(
             ComputeActivities::list_tenant_compute_executions,
             activity::ListExecutions,
+        );
+        same(ComputeActivities::get_tenant_compute, activity::GetTenant);
+        same(ComputeActivities::list_tenant_compute, activity::ListTenants);
+        same(
+            ComputeActivities::cancel_compute_execution,
+            activity::CancelExecution,
         );
         same(
             ComputeActivities::watch_compute_execution,

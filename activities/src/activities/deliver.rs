@@ -116,7 +116,10 @@ impl ComputeActivities {
         // The same request id for the same (execution, state) lets the server drop a
         // duplicate sent by a retried attempt.
         let options = WorkflowSignalOptions::builder()
-            .request_id(format!("{}:{}:{}", cb.execution_id, cb.state, cb.sequence))
+            .request_id(format!(
+                "{}:{}:{}:{}",
+                cb.execution_id, cb.attempt, cb.state, cb.sequence
+            ))
             .build();
         match handle
             .signal(UntypedSignal::new(cb.signal_name()), payload, options)

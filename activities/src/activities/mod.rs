@@ -37,16 +37,18 @@ use tracing::{Instrument, Span, field::Empty};
 mod audit;
 mod definitions;
 mod deliver;
+mod lifecycle;
 mod start;
 mod watch;
 
 use self::audit::Attempt;
+pub use self::lifecycle::list_tenant_page;
 use crate::{
     callback::{Callbacks, Verdict},
     contract::{
         AttemptOutcome, AttemptRecord, CallbackTarget, ComputeCallback, ComputeSpec, DeliveryState,
         ExecutionHandle, ExecutionState, ExecutionStatus, Metadata, Operation, TemporalCallback,
-        TenantState, now,
+        ResourceIds, TenantCompute, TenantPage, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
     input,
@@ -58,7 +60,7 @@ use crate::{
     provider::{ComputeProvider, CurrentState, Observation, OperationContext},
     store::{
         self, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, StoreError,
-        Transition,
+        TenantRecord, Transition,
     },
     validate,
 };
@@ -109,6 +111,7 @@ pub struct ComputeActivities {
     provider: Arc<dyn ComputeProvider>,
     settings: ActivitySettings,
     callbacks: Arc<Callbacks>,
+    cancel_bell: Arc<lifecycle::CancelBell>,
 }
 
 fn store_err(e: StoreError) -> ComputeError {
@@ -138,6 +141,7 @@ impl ComputeActivities {
             provider,
             settings,
             callbacks: Arc::new(Callbacks::default()),
+            cancel_bell: Arc::default(),
         }
     }
 

@@ -27,6 +27,7 @@ pub(super) fn handle_of(record: &ExecutionRecord, attached: bool) -> ExecutionHa
         tenant_id: s.tenant_id.clone(),
         operation: s.operation,
         state: s.state,
+        attempt: s.attempt,
         resource_ids: s.resource_ids.clone(),
         tracker_workflow_id: names::tracker_workflow_id(&s.execution_id),
         attached,
@@ -156,16 +157,20 @@ impl ComputeActivities {
             })
             .await
             .map_err(|e| fail(store_err(e), "Recording the execution"))?;
+
         let mut record = begin.record;
         let execution_id = record.status.execution_id.clone();
         Span::current().record("execution_id", execution_id.as_str());
         attempt.about_execution(&execution_id);
         tracing::info!(
             created = begin.created,
+            reopened = begin.reopened,
+            execution_attempt = record.status.attempt,
             state = %record.status.state,
             attempt = ctx.info().attempt,
             "Operation requested."
         );
+        let attached = !begin.created && !begin.reopened;
 
         if record.status.state.is_final() {
             tracing::info!(state = %record.status.state, "Attached after the end: returning the final state.");
@@ -173,77 +178,140 @@ impl ComputeActivities {
         }
 
         if record.status.state == ExecutionState::Pending {
-            let op = OperationContext {
-                execution_id: execution_id.clone(),
-                tenant_id: req.tenant_id.clone(),
-                operation,
-                metadata: req.metadata.clone(),
-            };
-            let current = begin
-                .previous_tenant
-                .map(|t| CurrentState {
-                    spec: t.spec,
-                    resource_ids: t.resource_ids,
-                })
-                .unwrap_or_default();
-            let spec = req.spec.clone().unwrap_or_default();
-            let result = match operation {
-                Operation::Provision => self.provider.provision(&op, &spec).await,
-                Operation::Update => self.provider.update(&op, &current, &spec).await,
-                Operation::Delete => self.provider.delete(&op, &current).await,
-            };
-            crate::faults::crash_point(crate::faults::AFTER_PROVIDER_CALL);
-            match result {
-                Ok(ids) => {
-                    record = self
-                        .store
-                        .transition(Transition {
-                            resource_ids: Some(ids),
-                            ..Transition::to(&execution_id, ExecutionState::Running)
-                        })
-                        .await
-                        .map_err(|e| fail(store_err(e), "Recording the running state"))?
-                        .record;
-                }
-                Err(e) => {
-                    let e = e.with_provider_default(self.provider.name());
-                    let state = if e.retriable {
-                        ExecutionState::Pending
-                    } else {
-                        ExecutionState::Failed
-                    };
-                    let note = format!("attempt {} failed: {}", ctx.info().attempt, e.code);
-                    if let Err(se) = self
-                        .store
-                        .transition(Transition {
-                            error: Some(e.clone()),
-                            message: Some(note),
-                            ..Transition::to(&execution_id, state)
-                        })
-                        .await
-                    {
-                        // The provider's error is what the caller needs; the store's goes to
-                        // the log, and a retry records it again.
-                        tracing::warn!(error = %se, "Could not record the failed attempt.");
-                    }
-                    return Err(fail(e, "The provider call"));
-                }
-            }
+            record = self
+                .apply(ctx, record, &req, begin.previous_tenant.as_ref())
+                .await
+                .map_err(|e| e.with_execution_id(&execution_id))?;
         }
 
         crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
         self.ensure_tracker(ctx, &record, target)
             .await
-            .map_err(|e| fail(e, "Starting the tracker"))?;
+            .map_err(|e| fail(e.with_execution_id(&execution_id), "Starting the tracker"))?;
         // The tracker may have finished in between (a late attacher): report what is true now.
         if let Ok(Some(now)) = self.store.get_execution(&execution_id).await {
             record = now;
         }
-        Ok(handle_of(&record, !begin.created))
+        Ok(handle_of(&record, attached))
+    }
+
+    /// Hands a pending execution to the provider and records that it runs. A provision of a
+    /// tenant that already runs a different last good spec is applied as an update from it
+    /// (the same on every provider); one of the same spec returns what runs. A non-retriable
+    /// failure of an update puts the tenant back on its last good spec.
+    async fn apply(
+        &self,
+        ctx: &ActivityContext,
+        record: ExecutionRecord,
+        req: &StartRequest,
+        previous: Option<&TenantRecord>,
+    ) -> Result<ExecutionRecord, ComputeError> {
+        let status = &record.status;
+        let execution_id = status.execution_id.clone();
+        let operation = status.operation;
+        let op = OperationContext {
+            execution_id: execution_id.clone(),
+            tenant_id: status.tenant_id.clone(),
+            operation,
+            metadata: req.metadata.clone(),
+        };
+        // A re-sent request may differ from the one recorded: the recorded one is carried out.
+        let spec = record.spec().or_else(|| req.spec.clone()).unwrap_or_default();
+        let current = previous
+            .map(|t| CurrentState {
+                spec: t.spec.clone(),
+                resource_ids: t.resource_ids.clone(),
+            })
+            .unwrap_or_default();
+        let result = match operation {
+            Operation::Provision => match &current.spec {
+                Some(good)
+                    if previous.is_some_and(|t| t.state != TenantState::Deleted)
+                        && store::spec_hash(Some(good)) != record.spec_hash =>
+                {
+                    tracing::info!("The tenant runs another spec: provisioning applies this one as an update.");
+                    self.provider.update(&op, &current, &spec).await
+                }
+                _ => self.provider.provision(&op, &spec).await,
+            },
+            Operation::Update => self.provider.update(&op, &current, &spec).await,
+            Operation::Delete => self.provider.delete(&op, &current).await,
+        };
+        crate::faults::crash_point(crate::faults::AFTER_PROVIDER_CALL);
+        let ids = match result {
+            Ok(ids) => ids,
+            Err(e) => {
+                let mut e = e
+                    .with_provider_default(self.provider.name())
+                    .with_execution_id(&execution_id);
+                let state = if e.retriable {
+                    ExecutionState::Pending
+                } else {
+                    ExecutionState::Failed
+                };
+                let tenant = if state == ExecutionState::Failed {
+                    self.put_back(ctx, &record, &ResourceIds::default(), false)
+                        .await
+                        .apply(&mut e)
+                } else {
+                    None
+                };
+                let note = format!("attempt {} failed: {}", ctx.info().attempt, e.code);
+                if let Err(se) = self
+                    .store
+                    .transition(Transition {
+                        error: Some(e.clone()),
+                        message: Some(note),
+                        tenant,
+                        ..Transition::to(&execution_id, state)
+                    })
+                    .await
+                {
+                    // The provider's error is what the caller needs; the store's goes to
+                    // the log, and a retry records it again.
+                    tracing::warn!(error = %se, "Could not record the failed attempt.");
+                }
+                return Err(fail(e, "The provider call"));
+            }
+        };
+        let outcome = self
+            .store
+            .transition(Transition {
+                resource_ids: Some(ids.clone()),
+                ..Transition::to(&execution_id, ExecutionState::Running)
+            })
+            .await
+            .map_err(|e| fail(store_err(e), "Recording the running state"))?;
+        if !outcome.applied && outcome.record.status.state == ExecutionState::Cancelled {
+            // An operator cancelled while the provider call was under way: undo it here, as the
+            // tracker would have.
+            tracing::info!("Cancelled while the provider took it: undoing it.");
+            let undone = ExecutionRecord {
+                status: ExecutionStatus {
+                    resource_ids: ids,
+                    ..outcome.record.status.clone()
+                },
+                ..outcome.record.clone()
+            };
+            let (error, _) = self.undo(ctx, &undone).await;
+            let note = match &error.rollback_error {
+                Some(why) => format!("undoing what the provider did failed: {why}"),
+                None => "undid what the provider did after the cancel".to_string(),
+            };
+            let _ = self
+                .store
+                .transition(Transition {
+                    message: Some(note),
+                    ..Transition::to(&execution_id, ExecutionState::Cancelled)
+                })
+                .await;
+        }
+        Ok(outcome.record)
     }
 
     /// Starts the execution's tracker if it is not running, and adds the caller's target,
-    /// atomically (signal-with-start). A closed tracker is never started again.
+    /// atomically (signal-with-start). A closed tracker is started again only for a re-opened
+    /// execution (a final one never gets here).
     pub(super) async fn ensure_tracker(
         &self,
         ctx: &ActivityContext,
@@ -264,7 +332,7 @@ impl ComputeActivities {
             self.settings.task_queue.clone(),
             names::tracker_workflow_id(&s.execution_id),
         )
-        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
         .search_attributes(SearchAttributes::new([
             TENANT_ID_KEY.value_set(s.tenant_id.clone())
         ]))

@@ -24,6 +24,19 @@ impl ComputeActivities {
         attempt: &Attempt,
         input: WatchInput,
     ) -> Result<ExecutionStatus, ComputeError> {
+        let bell = self.cancel_bell.bell(&input.execution_id);
+        let watched = self.watch_until_change(ctx, attempt, input.clone(), &bell).await;
+        self.cancel_bell.forget(&input.execution_id);
+        watched
+    }
+
+    async fn watch_until_change(
+        &self,
+        ctx: &ActivityContext,
+        attempt: &Attempt,
+        input: WatchInput,
+        bell: &tokio::sync::Notify,
+    ) -> Result<ExecutionStatus, ComputeError> {
         let started = tokio::time::Instant::now();
         let mut last_progress = input.known_progress.clone();
         let release = self.settings.release.clone();
@@ -57,14 +70,31 @@ impl ComputeActivities {
                 }
                 Err(e) => return Err(store_err(e)),
             };
-            let status = record.status;
-            attempt.about_status(&status);
+            attempt.about_status(&record.status);
             let span = Span::current();
-            span.record("tenant_id", status.tenant_id.as_str());
-            span.record("operation", status.operation.as_str());
-            if status.state.is_final() {
-                return Ok(status);
+            span.record("tenant_id", record.status.tenant_id.as_str());
+            span.record("operation", record.status.operation.as_str());
+            if record.status.state.is_final() {
+                return Ok(record.status);
             }
+            if record.cancel_requested.is_some() {
+                // Durable: a crash in the middle runs the undo again on the next attempt, and
+                // every step of it is idempotent.
+                tracing::info!("Cancel requested: undoing the execution.");
+                let (error, tenant) = self.undo(ctx, &record).await;
+                error.log("The cancelled operation");
+                let outcome = self
+                    .store
+                    .transition(Transition {
+                        error: Some(error),
+                        tenant,
+                        ..Transition::to(&record.status.execution_id, ExecutionState::Cancelled)
+                    })
+                    .await
+                    .map_err(store_err)?;
+                return Ok(outcome.record.status);
+            }
+            let status = record.status.clone();
             let op = OperationContext {
                 execution_id: status.execution_id.clone(),
                 tenant_id: status.tenant_id.clone(),
@@ -74,6 +104,8 @@ impl ComputeActivities {
             let observed = tokio::select! {
                 o = self.provider.observe(&op, &status.resource_ids) => o,
                 _ = release.cancelled() => return Err(released()),
+                // An operator cancelled: look at the store again at once.
+                _ = bell.notified() => continue,
             };
             let observation = match observed {
                 Ok(o) => o,
@@ -100,10 +132,20 @@ impl ComputeActivities {
                     ..Transition::to(&status.execution_id, ExecutionState::Succeeded)
                 },
                 Observation::Failed(e) => {
-                    let e = e.with_provider_default(self.provider.name());
+                    let mut e = e
+                        .with_provider_default(self.provider.name())
+                        .with_execution_id(&status.execution_id);
                     e.log("The operation");
+                    // A failed update (or provision over a good spec) goes back to the last
+                    // good spec before the failure is recorded, so the record never says the
+                    // tenant runs something it does not.
+                    let tenant = self
+                        .put_back(ctx, &record, &status.resource_ids, true)
+                        .await
+                        .apply(&mut e);
                     Transition {
                         error: Some(e),
+                        tenant,
                         ..Transition::to(&status.execution_id, ExecutionState::Failed)
                     }
                 }
@@ -126,6 +168,7 @@ impl ComputeActivities {
                     tokio::select! {
                         _ = tokio::time::sleep(self.provider.poll_interval()) => {}
                         _ = ctx.cancelled() => {}
+                        _ = bell.notified() => {}
                         _ = release.cancelled() => return Err(released()),
                     }
                     continue;

@@ -215,7 +215,7 @@ pub fn sfn_verdict<E: TaskTokenError>(
             e.with_provider(PROVIDER, Some(&code))
                 .with_root_cause(message)
         }
-        Fault::Unanswered(e) => e,
+        Fault::Unanswered(e) => *e,
         Fault::NotBuilt | Fault::Unknown => {
             unavailable(format!("{what}: the request to Step Functions failed"))
                 .with_provider(PROVIDER, None)
@@ -241,6 +241,7 @@ mod tests {
             tenant_id: "acme".into(),
             operation: Operation::Provision,
             state,
+            attempt: 1,
             resource_ids: ResourceIds::default(),
             error,
             started_at: at,

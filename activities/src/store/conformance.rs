@@ -10,11 +10,14 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::json;
 
-use super::{DeliveryAttempt, ExecutionStore, NewExecution, Transition, spec_hash};
+use super::{
+    DeliveryAttempt, ExecutionStore, NewExecution, TenantOutcome, TenantRecord, Transition,
+    spec_hash,
+};
 use crate::{
     contract::{
-        AttemptOutcome, AttemptRecord, ComputeSpec, DeliveryState, ExecutionState, Operation,
-        Progress, ResourceIds, TenantState, now,
+        AttemptOutcome, AttemptRecord, ComputeSpec, DeliveryState, ExecutionState,
+        InterventionMark, Operation, Progress, ResourceIds, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
 };
@@ -30,8 +33,8 @@ fn new_exec(tenant: &str, op: Operation, key: Option<&str>, arg: &str) -> NewExe
         operation: op,
         idempotency_key: key.map(str::to_string),
         spec_hash: spec_hash(spec.as_ref()),
+        request: json!({"tenantId": tenant, "spec": spec}),
         spec,
-        request: json!({"tenantId": tenant}),
         timeout: Duration::from_secs(60),
         provider: Some("conformance".into()),
     }
@@ -44,6 +47,8 @@ pub async fn run_all(store: &dyn ExecutionStore) {
     begin_is_idempotent(store).await;
     transitions_and_history(store).await;
     tenant_state_machine(store).await;
+    tenants_list_by_id(store).await;
+    cancel_requests(store).await;
     listing_is_chronological(store).await;
     documents_round_trip(store).await;
     attempts_round_trip(store).await;
@@ -224,7 +229,7 @@ async fn begin_is_idempotent(store: &dyn ExecutionStore) {
         .unwrap();
     assert!(!k2.created);
     assert_eq!(k1.record.status.execution_id, k2.record.status.execution_id);
-    // After a failure the same unkeyed request is a new attempt.
+    // After a failure the same unkeyed request re-opens its execution: same id, next attempt.
     let f = store
         .begin_execution(new_exec("retry", Operation::Provision, None, "1"))
         .await
@@ -241,8 +246,66 @@ async fn begin_is_idempotent(store: &dyn ExecutionStore) {
         .begin_execution(new_exec("retry", Operation::Provision, None, "1"))
         .await
         .unwrap();
-    assert!(again.created);
-    assert_ne!(again.record.status.execution_id, id);
+    assert!(!again.created && again.reopened);
+    let s = &again.record.status;
+    assert_eq!(s.execution_id, id);
+    assert_eq!((s.state, s.attempt), (ExecutionState::Pending, 2));
+    assert_eq!((s.error.as_ref(), s.finished_at), (None, None));
+    assert_eq!(
+        s.history.last().unwrap().message.as_deref(),
+        Some("attempt 2: the same request again after the execution ended failed")
+    );
+    let tenant = store.get_tenant("retry").await.unwrap().unwrap();
+    assert_eq!(tenant.last_execution_id.as_deref(), Some(id.as_str()));
+    assert_eq!(tenant.active_execution_ids, [id.clone()]);
+    // Sent again while it runs, it attaches to the new attempt.
+    let attached = store
+        .begin_execution(new_exec("retry", Operation::Provision, None, "1"))
+        .await
+        .unwrap();
+    assert!(!attached.created && !attached.reopened);
+    assert_eq!(attached.record.status.attempt, 2);
+    // A keyed request re-opens the execution its key names, cancelled ones too.
+    let keyed = store
+        .begin_execution(new_exec("retry", Operation::Update, Some("kk"), "2"))
+        .await
+        .unwrap();
+    let kid = keyed.record.status.execution_id.clone();
+    store
+        .transition(Transition::to(&kid, ExecutionState::Cancelled))
+        .await
+        .unwrap();
+    let reopened = store
+        .begin_execution(new_exec("retry", Operation::Update, Some("kk"), "2"))
+        .await
+        .unwrap();
+    assert!(reopened.reopened);
+    assert_eq!(reopened.record.status.execution_id, kid);
+    assert_eq!(reopened.record.status.attempt, 2);
+    // An update of a tenant with no compute is refused, and records nothing.
+    for tenant in ["never-seen", "retry-gone"] {
+        if tenant == "retry-gone" {
+            let d = store
+                .begin_execution(new_exec(tenant, Operation::Provision, None, "1"))
+                .await
+                .unwrap();
+            let id = d.record.status.execution_id;
+            store
+                .transition(Transition::to(&id, ExecutionState::Cancelled))
+                .await
+                .unwrap();
+        }
+        let before = store.list_executions(tenant).await.unwrap().len();
+        let refused = store
+            .begin_execution(new_exec(tenant, Operation::Update, None, "2"))
+            .await
+            .unwrap_err();
+        let e = refused.to_compute_error();
+        assert_eq!(e.code, ErrorCode::NotFound, "{tenant}");
+        assert!(e.message.contains("provision it first"), "{}", e.message);
+        assert_eq!(store.list_executions(tenant).await.unwrap().len(), before);
+    }
+    assert!(store.get_tenant("never-seen").await.unwrap().is_none());
 }
 
 async fn transitions_and_history(store: &dyn ExecutionStore) {
@@ -327,8 +390,9 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         .unwrap();
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
     assert_eq!(tenant.state, TenantState::Provisioning);
-    assert!(tenant.spec.is_some());
+    assert_eq!((tenant.spec.as_ref(), tenant.revision), (None, 0), "nothing applied yet");
     let pid = p.record.status.execution_id;
+    assert_eq!(tenant.active_execution_ids, [pid.clone()]);
     let ids = ResourceIds {
         pid: Some(7),
         ..Default::default()
@@ -345,24 +409,106 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         .await
         .unwrap();
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
-    assert_eq!(tenant.state, TenantState::Active);
+    assert_eq!(tenant.state, TenantState::Running);
     assert_eq!(tenant.resource_ids, ids);
+    assert_eq!(tenant.spec.as_ref().unwrap().args, ["1"]);
+    assert_eq!(tenant.revision, 1);
+    assert!(tenant.active_execution_ids.is_empty());
+    assert_eq!(tenant.intervention, None);
 
+    // A failed update put back on the last good spec: running, old spec and ids, marked.
     let u = store
         .begin_execution(new_exec(t, Operation::Update, None, "2"))
         .await
         .unwrap();
     assert_eq!(u.previous_tenant.unwrap().resource_ids, ids);
+    assert_eq!(
+        store.get_tenant(t).await.unwrap().unwrap().state,
+        TenantState::Updating
+    );
     let uid = u.record.status.execution_id;
+    let reverted = ResourceIds {
+        pid: Some(9),
+        ..Default::default()
+    };
+    let mut crash = ComputeError::new(ErrorCode::WorkloadFailed, "exit 1");
+    crash.rolled_back = true;
     store
         .transition(Transition {
-            error: Some(ComputeError::new(ErrorCode::PartialFailure, "half")),
+            resource_ids: Some(ResourceIds {
+                pid: Some(8),
+                ..Default::default()
+            }),
+            error: Some(crash),
+            tenant: Some(TenantOutcome {
+                state: TenantState::Running,
+                resource_ids: reverted.clone(),
+            }),
             ..Transition::to(&uid, ExecutionState::Failed)
         })
         .await
         .unwrap();
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
+    assert_eq!(tenant.state, TenantState::Running);
+    assert_eq!(tenant.resource_ids, reverted);
+    assert_eq!(tenant.spec.as_ref().unwrap().args, ["1"], "the last good spec");
+    assert_eq!(tenant.revision, 1);
+    let mark = tenant.intervention.clone().unwrap();
+    assert_eq!(
+        (mark.code, mark.message.as_str(), mark.execution_id.as_str()),
+        (ErrorCode::WorkloadFailed, "exit 1", uid.as_str())
+    );
+    // An operator clears the mark; the clearing is in the failed execution's history.
+    let cleared = store
+        .clear_intervention(t, "cleared by ops")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((cleared.intervention, cleared.state), (None, TenantState::Running));
+    let h = store.get_execution(&uid).await.unwrap().unwrap().status.history;
+    assert_eq!(h.last().unwrap().message.as_deref(), Some("cleared by ops"));
+    assert!(store.clear_intervention("nobody", "x").await.unwrap().is_none());
+
+    // A revert that failed needs an operator, whatever the activity said.
+    let u2 = store
+        .begin_execution(new_exec(t, Operation::Update, None, "3"))
+        .await
+        .unwrap();
+    let u2id = u2.record.status.execution_id;
+    let mut broken = ComputeError::new(ErrorCode::WorkloadFailed, "exit 2");
+    broken.rollback_error = Some("WORKLOAD_FAILED: exit 3".into());
+    store
+        .transition(Transition {
+            error: Some(broken),
+            tenant: Some(TenantOutcome {
+                state: TenantState::Running,
+                resource_ids: reverted.clone(),
+            }),
+            ..Transition::to(&u2id, ExecutionState::Failed)
+        })
+        .await
+        .unwrap();
+    let tenant = store.get_tenant(t).await.unwrap().unwrap();
     assert_eq!(tenant.state, TenantState::RequiresManualIntervention);
+    assert!(tenant.intervention.unwrap().message.contains("putting the tenant back failed"));
+    // The next success clears the mark and applies its spec.
+    let u3 = store
+        .begin_execution(new_exec(t, Operation::Update, None, "4"))
+        .await
+        .unwrap();
+    let u3id = u3.record.status.execution_id;
+    store
+        .transition(Transition::to(&u3id, ExecutionState::Running))
+        .await
+        .unwrap();
+    store
+        .transition(Transition::to(&u3id, ExecutionState::Succeeded))
+        .await
+        .unwrap();
+    let tenant = store.get_tenant(t).await.unwrap().unwrap();
+    assert_eq!((tenant.state, tenant.revision), (TenantState::Running, 2));
+    assert_eq!(tenant.spec.as_ref().unwrap().args, ["4"]);
+    assert_eq!(tenant.intervention, None);
 
     let d = store
         .begin_execution(new_exec(t, Operation::Delete, None, ""))
@@ -393,14 +539,23 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
     assert_eq!(tenant.state, TenantState::Deleted);
     assert!(tenant.resource_ids.is_empty());
+    assert_eq!(tenant.spec, None, "a deleted tenant has no spec");
     store
-        .set_tenant_state(t, TenantState::RequiresManualIntervention, &did, "operator")
+        .mark_tenant(
+            t,
+            InterventionMark {
+                code: ErrorCode::PartialFailure,
+                message: "operator".into(),
+                execution_id: did.clone(),
+                at: now(),
+            },
+            Some(TenantState::RequiresManualIntervention),
+        )
         .await
         .unwrap();
-    assert_eq!(
-        store.get_tenant(t).await.unwrap().unwrap().state,
-        TenantState::RequiresManualIntervention
-    );
+    let tenant = store.get_tenant(t).await.unwrap().unwrap();
+    assert_eq!(tenant.state, TenantState::RequiresManualIntervention);
+    assert_eq!(tenant.intervention.unwrap().code, ErrorCode::PartialFailure);
     let h = store
         .get_execution(&did)
         .await
@@ -408,7 +563,95 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         .unwrap()
         .status
         .history;
-    assert_eq!(h.last().unwrap().message.as_deref(), Some("operator"));
+    assert_eq!(
+        h.last().unwrap().message.as_deref(),
+        Some("tenant marked as requiring manual intervention: PARTIAL_FAILURE: operator")
+    );
+    // Cleared, a marked tenant without a good spec is failed.
+    let cleared = store.clear_intervention(t, "ok").await.unwrap().unwrap();
+    assert_eq!(cleared.state, TenantState::Failed);
+}
+
+/// Tenants list by id, a page at a time, filtered by state.
+async fn tenants_list_by_id(store: &dyn ExecutionStore) {
+    for (tenant, succeed) in [("list-c", true), ("list-a", true), ("list-b", false)] {
+        let b = store
+            .begin_execution(new_exec(tenant, Operation::Provision, None, "1"))
+            .await
+            .unwrap();
+        if succeed {
+            let id = b.record.status.execution_id;
+            store
+                .transition(Transition::to(&id, ExecutionState::Running))
+                .await
+                .unwrap();
+            store
+                .transition(Transition::to(&id, ExecutionState::Succeeded))
+                .await
+                .unwrap();
+        }
+    }
+    let ids = |ts: Vec<TenantRecord>| ts.into_iter().map(|t| t.tenant_id).collect::<Vec<_>>();
+    let listed = |all: Vec<TenantRecord>| {
+        all.into_iter()
+            .filter(|t| t.tenant_id.starts_with("list-"))
+            .collect::<Vec<_>>()
+    };
+    let all = listed(store.list_tenants(None, None, 1000).await.unwrap());
+    assert_eq!(ids(all), ["list-a", "list-b", "list-c"]);
+    let running = listed(
+        store
+            .list_tenants(Some(TenantState::Running), Some("list-"), 1000)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ids(running), ["list-a", "list-c"]);
+    let page = store.list_tenants(None, Some("list-a"), 1).await.unwrap();
+    assert_eq!(ids(page), ["list-b"]);
+    let provisioning = store
+        .list_tenants(Some(TenantState::Provisioning), Some("list-"), 10)
+        .await
+        .unwrap();
+    assert_eq!(provisioning[0].tenant_id, "list-b");
+    assert_eq!(provisioning[0].active_execution_ids.len(), 1);
+}
+
+/// A cancel request is kept once, on an execution that is not final, and a re-opened
+/// execution starts without it.
+async fn cancel_requests(store: &dyn ExecutionStore) {
+    let b = store
+        .begin_execution(new_exec("cancel", Operation::Provision, None, "1"))
+        .await
+        .unwrap();
+    let id = b.record.status.execution_id;
+    store
+        .transition(Transition::to(&id, ExecutionState::Running))
+        .await
+        .unwrap();
+    let first = store.request_cancel(&id, Some("wrong image")).await.unwrap();
+    assert!(first.applied);
+    let request = first.record.cancel_requested.clone().unwrap();
+    assert_eq!(request.reason.as_deref(), Some("wrong image"));
+    assert_eq!(first.record.status.state, ExecutionState::Running);
+    assert_eq!(
+        first.record.status.history.last().unwrap().message.as_deref(),
+        Some("cancel requested: wrong image")
+    );
+    let second = store.request_cancel(&id, None).await.unwrap();
+    assert!(!second.applied);
+    assert_eq!(second.record.cancel_requested, Some(request));
+    store
+        .transition(Transition::to(&id, ExecutionState::Cancelled))
+        .await
+        .unwrap();
+    assert!(!store.request_cancel(&id, None).await.unwrap().applied);
+    let again = store
+        .begin_execution(new_exec("cancel", Operation::Provision, None, "1"))
+        .await
+        .unwrap();
+    assert!(again.reopened);
+    assert_eq!(again.record.cancel_requested, None);
+    assert!(store.request_cancel("missing", None).await.is_err());
 }
 
 async fn listing_is_chronological(store: &dyn ExecutionStore) {
@@ -478,7 +721,27 @@ async fn documents_round_trip(store: &dyn ExecutionStore) {
     assert_eq!(begun.record.status.idempotency_key.as_deref(), Some("d"));
     assert_eq!(
         store.get_tenant("docs").await.unwrap().unwrap().spec,
-        new.spec
+        None,
+        "nothing applied yet"
+    );
+    // Once applied, the tenant's spec is the one the request recorded.
+    let mut applied = new_exec("docs-applied", Operation::Provision, None, "1");
+    applied.spec.as_mut().unwrap().env =
+        [("NOTE".to_string(), "\u{1F600} \"q\"".to_string())].into();
+    applied.request = json!({"tenantId": "docs-applied", "spec": applied.spec});
+    let a = store.begin_execution(applied.clone()).await.unwrap();
+    let aid = a.record.status.execution_id;
+    store
+        .transition(Transition::to(&aid, ExecutionState::Running))
+        .await
+        .unwrap();
+    store
+        .transition(Transition::to(&aid, ExecutionState::Succeeded))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_tenant("docs-applied").await.unwrap().unwrap().spec,
+        applied.spec
     );
     let id = begun.record.status.execution_id.clone();
     let running = store
@@ -738,7 +1001,7 @@ async fn concurrent_final_states(a: &dyn ExecutionStore, b: &dyn ExecutionStore)
             .all(|(_, o)| o.record.status.state == winner)
     );
     let expected = if winner == ExecutionState::Succeeded {
-        TenantState::Active
+        TenantState::Running
     } else {
         TenantState::Failed
     };

@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::{
     contract::{
         AttemptRecord, CallbackDelivery, ComputeSpec, DeliveryState, ExecutionState,
-        ExecutionStatus, Operation, Progress, ResourceIds, TenantState,
+        ExecutionStatus, InterventionMark, Operation, Progress, ResourceIds, TenantCompute,
+        TenantState,
     },
     error::{ComputeError, ErrorCode},
 };
@@ -68,6 +69,10 @@ pub enum StoreError {
     /// No such execution.
     #[error("execution {0} does not exist")]
     ExecutionNotFound(String),
+    /// The store's rules refuse the request (an update of a tenant that has no compute):
+    /// nothing was recorded.
+    #[error("{}", .0.message)]
+    Refused(Box<ComputeError>),
 }
 
 impl StoreError {
@@ -120,6 +125,7 @@ impl StoreError {
                 format!("execution {id} does not exist"),
             ),
             StoreError::NotCompiled(_) => ComputeError::invalid(self.to_string()),
+            StoreError::Refused(e) => (**e).clone(),
             _ => ComputeError::internal("the execution store failed").with_root_cause(self),
         }
     }
@@ -135,16 +141,62 @@ pub struct TenantRecord {
     pub tenant_id: String,
     /// Its state.
     pub state: TenantState,
-    /// The spec last asked for (provision / update).
+    /// The last good spec: the one the last successful provision or update applied (none
+    /// before the first and after a delete). A failed or cancelled operation never changes it.
     pub spec: Option<ComputeSpec>,
-    /// The resources last recorded.
+    /// The resources that run now (those that run `spec`, once a failed update is reverted).
     pub resource_ids: ResourceIds,
     /// The most recent execution.
     pub last_execution_id: Option<String>,
-    /// Bumped by every new execution.
+    /// Bumped by every new (or re-opened) execution.
     pub generation: i64,
+    /// Bumped each time a spec is applied successfully.
+    pub revision: i64,
+    /// Set by a non-retriable failure until the next success or an operator clears it.
+    pub intervention: Option<InterventionMark>,
+    /// Executions not final yet, oldest first.
+    pub active_execution_ids: Vec<String>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl TenantRecord {
+    /// Whether the tenant has compute an update can change: a last good spec, or a
+    /// provision (or an update after one) under way.
+    pub fn has_compute(&self) -> bool {
+        match self.state {
+            TenantState::Deleted | TenantState::Absent => false,
+            TenantState::Provisioning | TenantState::Updating => true,
+            _ => self.spec.is_some(),
+        }
+    }
+
+    /// The tenant as `GetTenantCompute` answers.
+    pub fn to_compute(&self) -> TenantCompute {
+        TenantCompute {
+            tenant_id: self.tenant_id.clone(),
+            state: self.state,
+            spec: self.spec.clone(),
+            resource_ids: self.resource_ids.clone(),
+            revision: u64::try_from(self.revision).unwrap_or(0),
+            last_execution_id: self.last_execution_id.clone(),
+            active_execution_ids: self.active_execution_ids.clone(),
+            requires_intervention: self.intervention.clone(),
+            updated_at: Some(self.updated_at),
+        }
+    }
+}
+
+/// An operator's request to cancel a running execution, kept until its tracker has undone
+/// what the execution did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    /// Why, as the operator said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it was asked.
+    pub at: DateTime<Utc>,
 }
 
 /// One execution with what is needed to resume it.
@@ -156,6 +208,17 @@ pub struct ExecutionRecord {
     pub request: Value,
     /// Hash of the spec the execution was asked for.
     pub spec_hash: String,
+    /// Set while an operator's cancel waits for the tracker to undo the execution.
+    pub cancel_requested: Option<CancelRequest>,
+}
+
+impl ExecutionRecord {
+    /// The spec the execution applies (provision / update), as validated and recorded.
+    pub fn spec(&self) -> Option<ComputeSpec> {
+        self.request
+            .get("spec")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+    }
 }
 
 /// A request to record a new execution.
@@ -225,6 +288,9 @@ pub struct BeginOutcome {
     pub record: ExecutionRecord,
     /// False when the request attached to an existing execution.
     pub created: bool,
+    /// True when the request re-opened its execution after a terminal failure (a new
+    /// attempt under the same id).
+    pub reopened: bool,
     /// The tenant as it was before this request (current state for an update or delete).
     pub previous_tenant: Option<TenantRecord>,
 }
@@ -244,6 +310,18 @@ pub struct Transition {
     pub progress: Option<Progress>,
     /// A note for the history.
     pub message: Option<String>,
+    /// What the tenant is after this (final) transition, when the activity knows better than
+    /// the default rule: a failed update put back on its last good spec runs again.
+    pub tenant: Option<TenantOutcome>,
+}
+
+/// What a tenant is after its execution ended, as the activity that ended it decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantOutcome {
+    /// The tenant's state.
+    pub state: TenantState,
+    /// The resources that run now.
+    pub resource_ids: ResourceIds,
 }
 
 impl Transition {
@@ -256,6 +334,7 @@ impl Transition {
             error: None,
             progress: None,
             message: None,
+            tenant: None,
         }
     }
 }
@@ -311,15 +390,39 @@ pub trait ExecutionStore: Send + Sync + 'static {
     /// One tenant.
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantRecord>>;
 
-    /// Forces a tenant's state (an operator or a policy's `abort`), with a note in the
-    /// history of `execution_id`.
-    async fn set_tenant_state(
+    /// Tenants ordered by id: at most `limit`, after `after`, only in `state` if given.
+    async fn list_tenants(
+        &self,
+        state: Option<TenantState>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>>;
+
+    /// Marks a tenant for manual intervention (a policy's `abort`): sets `mark` and, if
+    /// given, forces its state, with a note in the history of the mark's execution.
+    async fn mark_tenant(
         &self,
         tenant_id: &str,
-        state: TenantState,
-        execution_id: &str,
-        note: &str,
+        mark: InterventionMark,
+        state: Option<TenantState>,
     ) -> Result<()>;
+
+    /// Clears a tenant's manual-intervention mark (an operator's `tenant clear`), with a note
+    /// in the history of the execution that set it. A tenant that stood in
+    /// `requires_manual_intervention` goes back to `running` when it has a last good spec
+    /// and to `failed` otherwise. `None` for an unknown tenant; a tenant with no mark is
+    /// returned unchanged.
+    async fn clear_intervention(&self, tenant_id: &str, note: &str)
+    -> Result<Option<TenantRecord>>;
+
+    /// Records an operator's request to cancel an execution that is not final (with a note
+    /// in its history); `applied` is false when the execution is final or a cancel was
+    /// already requested.
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        reason: Option<&str>,
+    ) -> Result<TransitionOutcome>;
 
     /// Appends one attempt of an activity to the audit trail (table `activity_attempts`).
     async fn record_attempt(&self, attempt: AttemptRecord) -> Result<()>;

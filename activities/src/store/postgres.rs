@@ -39,12 +39,14 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
+    BeginOutcome, CancelRequest, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
     Result, StoreError, TenantRecord, Transition, TransitionOutcome,
     rows::{self, Columns, timestamp_text as ts},
     rules::{self, Begin},
 };
-use crate::contract::{AttemptRecord, CallbackDelivery, ExecutionState, HistoryEntry, TenantState};
+use crate::contract::{
+    AttemptRecord, CallbackDelivery, ExecutionState, HistoryEntry, InterventionMark, TenantState,
+};
 
 /// How often an operation that lost a serialization race or a deadlock is tried in all.
 const ATTEMPTS: u32 = 5;
@@ -65,6 +67,7 @@ macro_rules! execution_columns {
     () => {
         "SELECT e.execution_id, e.tenant_id, e.operation, e.state, e.idempotency_key,
                 e.spec_hash, e.request, e.resource_ids, e.progress, e.error, e.timeout_ms,
+                e.attempt, e.cancel_requested,
                 (extract(epoch FROM e.created_at) * 1000)::bigint AS created_at,
                 (extract(epoch FROM e.updated_at) * 1000)::bigint AS updated_at,
                 (extract(epoch FROM e.started_at) * 1000)::bigint AS started_at,
@@ -83,11 +86,23 @@ macro_rules! history_column {
     };
 }
 
+/// A tenant's columns, with its executions that are not final as a JSON array, oldest first.
+macro_rules! tenant_select {
+    () => {
+        "SELECT t.tenant_id, t.state, t.spec, t.resource_ids, t.last_execution_id, t.generation,
+                t.revision, t.intervention,
+                (SELECT COALESCE(json_agg(a.execution_id ORDER BY a.seq), '[]'::json)
+                   FROM executions a
+                  WHERE a.tenant_id = t.tenant_id
+                    AND a.state IN ('pending', 'running', 'timed_out')) AS active_execution_ids,
+                (extract(epoch FROM t.updated_at) * 1000)::bigint AS updated_at
+         FROM tenants t"
+    };
+}
+
 macro_rules! tenant_columns {
     () => {
-        "SELECT tenant_id, state, spec, resource_ids, last_execution_id, generation,
-                (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at
-         FROM tenants WHERE tenant_id = $1"
+        concat!(tenant_select!(), " WHERE t.tenant_id = $1")
     };
 }
 
@@ -388,6 +403,56 @@ impl PostgresStore {
                 return Ok(BeginOutcome {
                     record,
                     created: false,
+                    reopened: false,
+                    previous_tenant: tenant,
+                });
+            }
+            Begin::Refuse(e) => {
+                // Rolling back removes a placeholder row too.
+                tx.rollback().await.map_err(StoreError::from_sqlx)?;
+                return Err(StoreError::Refused(Box::new(e)));
+            }
+            Begin::Reopen(reopen) => {
+                let id = reopen.record.status.execution_id.clone();
+                // Execution after tenant here: no transition holds the execution's row while
+                // waiting for the tenant's (transitions lock the tenant only by updating it,
+                // after the execution), so the order cannot deadlock for long; a lost race is
+                // retried whole.
+                Self::lock_execution(&mut tx, &id).await?;
+                let at = Self::clock(&mut tx, Some(&id)).await?;
+                sqlx::query(
+                    "UPDATE executions SET state = 'pending', attempt = $1, error = NULL,
+                       progress = NULL, finished_at = NULL, cancel_requested = NULL,
+                       updated_at = $2::timestamptz WHERE execution_id = $3",
+                )
+                .bind(i64::from(reopen.attempt))
+                .bind(ts(at))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                sqlx::query(
+                    "UPDATE tenants SET state = $1, last_execution_id = $2, generation = $3,
+                       updated_at = $4::timestamptz WHERE tenant_id = $5",
+                )
+                .bind(reopen.tenant_state.as_str())
+                .bind(&id)
+                .bind(reopen.generation)
+                .bind(ts(at))
+                .bind(&new.tenant_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Self::add_history(&mut tx, &id, ExecutionState::Pending, Some(&reopen.note), at)
+                    .await?;
+                let record = Self::load_execution(&mut tx, &id)
+                    .await?
+                    .ok_or_else(|| StoreError::ExecutionNotFound(id.clone()))?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                return Ok(BeginOutcome {
+                    record,
+                    created: false,
+                    reopened: true,
                     previous_tenant: tenant,
                 });
             }
@@ -396,13 +461,12 @@ impl PostgresStore {
 
         let at = Self::clock(&mut tx, None).await?;
         sqlx::query(
-            "UPDATE tenants SET state = $2, spec = COALESCE($3, spec), last_execution_id = $4,
-               generation = $5, updated_at = $6::timestamptz
+            "UPDATE tenants SET state = $2, last_execution_id = $3,
+               generation = $4, updated_at = $5::timestamptz
              WHERE tenant_id = $1",
         )
         .bind(&new.tenant_id)
         .bind(start.tenant_state.as_str())
-        .bind(start.spec.as_ref().map(doc).transpose()?)
         .bind(&start.execution_id)
         .bind(start.generation)
         .bind(ts(at))
@@ -435,6 +499,7 @@ impl PostgresStore {
         Ok(BeginOutcome {
             record,
             created: true,
+            reopened: false,
             previous_tenant: tenant,
         })
     }
@@ -444,7 +509,7 @@ impl PostgresStore {
         let current = Self::lock_execution(&mut tx, &t.execution_id)
             .await?
             .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
-        let Some(allowed) = rules::transition(&current.status, t) else {
+        let Some(allowed) = rules::transition(&current, t) else {
             let record = Self::load_execution(&mut tx, &t.execution_id)
                 .await?
                 .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
@@ -482,12 +547,26 @@ impl PostgresStore {
             )
             .await?;
         }
-        if let Some(tenant) = &change.tenant {
+        if let Some(tenant) = change.tenant.clone() {
             // `last_execution_id` is re-checked on the newest row version (waiting for a
             // concurrent begin to commit), so an execution a newer one has replaced never
-            // writes, even while another worker is beginning that newer one.
+            // writes, even while another worker is beginning that newer one. The spec and the
+            // mark are computed in SQL for the same reason.
+            let (set_spec, spec) = match tenant.spec {
+                rules::Change::Keep => (false, None),
+                rules::Change::Set(spec) => (true, Some(doc(&spec)?)),
+                rules::Change::Clear => (true, None),
+            };
+            let (set_mark, mark) = match tenant.intervention {
+                rules::Change::Keep => (false, None),
+                rules::Change::Set(mark) => (true, Some(doc(&mark)?)),
+                rules::Change::Clear => (true, None),
+            };
             sqlx::query(
-                "UPDATE tenants SET state = $1, resource_ids = $2, updated_at = $3::timestamptz
+                "UPDATE tenants SET state = $1, resource_ids = $2, updated_at = $3::timestamptz,
+                   spec = CASE WHEN $6 THEN $7 ELSE spec END,
+                   revision = revision + $8,
+                   intervention = CASE WHEN $9 THEN $10 ELSE intervention END
                  WHERE tenant_id = $4 AND last_execution_id = $5",
             )
             .bind(tenant.state.as_str())
@@ -495,6 +574,11 @@ impl PostgresStore {
             .bind(ts(change.updated_at))
             .bind(&current.status.tenant_id)
             .bind(&t.execution_id)
+            .bind(set_spec)
+            .bind(spec)
+            .bind(i64::from(tenant.bump_revision))
+            .bind(set_mark)
+            .bind(mark)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
@@ -509,32 +593,123 @@ impl PostgresStore {
         })
     }
 
-    async fn try_set_tenant_state(
+    async fn try_mark_tenant(
         &self,
         tenant_id: &str,
-        state: TenantState,
-        execution_id: &str,
-        note: &str,
+        mark: &InterventionMark,
+        state: Option<TenantState>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
         // The execution's lock orders the note among its transitions (and keeps the lock order
         // execution, then tenant, that transitions use).
-        let current = Self::lock_execution(&mut tx, execution_id)
+        let current = Self::lock_execution(&mut tx, &mark.execution_id)
             .await?
-            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.to_string()))?;
-        let at = Self::clock(&mut tx, Some(execution_id)).await?;
+            .ok_or_else(|| StoreError::ExecutionNotFound(mark.execution_id.clone()))?;
+        let at = Self::clock(&mut tx, Some(&mark.execution_id)).await?;
         sqlx::query(
-            "UPDATE tenants SET state = $1, updated_at = $2::timestamptz WHERE tenant_id = $3",
+            "UPDATE tenants SET state = COALESCE($1, state), intervention = $2,
+               updated_at = $3::timestamptz WHERE tenant_id = $4",
         )
-        .bind(state.as_str())
+        .bind(state.map(TenantState::as_str))
+        .bind(doc(mark)?)
         .bind(ts(at))
         .bind(tenant_id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
-        Self::add_history(&mut tx, execution_id, current.status.state, Some(note), at).await?;
+        let note = rules::mark_note(mark);
+        Self::add_history(&mut tx, &mark.execution_id, current.status.state, Some(&note), at)
+            .await?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(())
+    }
+
+    async fn try_clear_intervention(
+        &self,
+        tenant_id: &str,
+        note: &str,
+    ) -> Result<Option<TenantRecord>> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        // Unlocked first, to learn the mark's execution; then execution, then tenant, the
+        // order transitions lock in, and the mark read again under the lock.
+        let Some(seen) = Self::load_tenant(&mut tx, tenant_id, false).await? else {
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(None);
+        };
+        let Some(seen_mark) = seen.intervention else {
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(Some(seen));
+        };
+        let execution = Self::lock_execution(&mut tx, &seen_mark.execution_id).await?;
+        let Some(tenant) = Self::load_tenant(&mut tx, tenant_id, true).await? else {
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(None);
+        };
+        if tenant.intervention.is_none() {
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(Some(tenant));
+        }
+        let at = Self::clock(&mut tx, Some(&seen_mark.execution_id)).await?;
+        sqlx::query(
+            "UPDATE tenants SET state = $1, intervention = NULL, updated_at = $2::timestamptz
+             WHERE tenant_id = $3",
+        )
+        .bind(rules::state_after_clear(&tenant).as_str())
+        .bind(ts(at))
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if let Some(execution) = execution {
+            Self::add_history(
+                &mut tx,
+                &seen_mark.execution_id,
+                execution.status.state,
+                Some(note),
+                at,
+            )
+            .await?;
+        }
+        let tenant = Self::load_tenant(&mut tx, tenant_id, false).await?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(tenant)
+    }
+
+    async fn try_request_cancel(
+        &self,
+        execution_id: &str,
+        reason: Option<&str>,
+    ) -> Result<TransitionOutcome> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let current = Self::lock_execution(&mut tx, execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.to_string()))?;
+        let applied = !current.status.state.is_final() && current.cancel_requested.is_none();
+        if applied {
+            let at = Self::clock(&mut tx, Some(execution_id)).await?;
+            let request = CancelRequest {
+                reason: reason.map(str::to_string),
+                at,
+            };
+            sqlx::query(
+                "UPDATE executions SET cancel_requested = $1, updated_at = $2::timestamptz
+                 WHERE execution_id = $3",
+            )
+            .bind(doc(&request)?)
+            .bind(ts(at))
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            let note = rules::cancel_note(reason);
+            Self::add_history(&mut tx, execution_id, current.status.state, Some(&note), at)
+                .await?;
+        }
+        let record = Self::load_execution(&mut tx, execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.to_string()))?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(TransitionOutcome { record, applied })
     }
 }
 
@@ -574,14 +749,49 @@ impl ExecutionStore for PostgresStore {
         Self::load_tenant(&mut conn, tenant_id, false).await
     }
 
-    async fn set_tenant_state(
+    async fn list_tenants(
+        &self,
+        state: Option<TenantState>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>> {
+        let found = sqlx::query(concat!(
+            tenant_select!(),
+            " WHERE ($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR t.tenant_id > $2)
+              ORDER BY t.tenant_id LIMIT $3"
+        ))
+        .bind(state.map(TenantState::as_str))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        found.iter().map(rows::tenant).collect()
+    }
+
+    async fn mark_tenant(
         &self,
         tenant_id: &str,
-        state: TenantState,
-        execution_id: &str,
-        note: &str,
+        mark: InterventionMark,
+        state: Option<TenantState>,
     ) -> Result<()> {
-        retrying(|| self.try_set_tenant_state(tenant_id, state, execution_id, note)).await
+        retrying(|| self.try_mark_tenant(tenant_id, &mark, state)).await
+    }
+
+    async fn clear_intervention(
+        &self,
+        tenant_id: &str,
+        note: &str,
+    ) -> Result<Option<TenantRecord>> {
+        retrying(|| self.try_clear_intervention(tenant_id, note)).await
+    }
+
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        reason: Option<&str>,
+    ) -> Result<TransitionOutcome> {
+        retrying(|| self.try_request_cancel(execution_id, reason)).await
     }
 
     async fn record_attempt(&self, a: AttemptRecord) -> Result<()> {

@@ -97,6 +97,7 @@ pub(super) fn execution(row: &impl Columns, history: Vec<HistoryEntry>) -> Resul
         tenant_id: row.text("tenant_id")?,
         operation: parsed(Operation::parse, "operation", &row.text("operation")?)?,
         state: parsed(ExecutionState::parse, "state", &row.text("state")?)?,
+        attempt: count("attempt", row.integer("attempt")?)?,
         idempotency_key: row.opt_text("idempotency_key")?,
         progress: row.opt_document("progress")?,
         resource_ids: row.document("resource_ids")?,
@@ -115,6 +116,7 @@ pub(super) fn execution(row: &impl Columns, history: Vec<HistoryEntry>) -> Resul
         status,
         request: row.document("request")?,
         spec_hash: row.text("spec_hash")?,
+        cancel_requested: row.opt_document("cancel_requested")?,
     })
 }
 
@@ -127,6 +129,9 @@ pub(super) fn tenant(row: &impl Columns) -> Result<TenantRecord> {
         resource_ids: row.document("resource_ids")?,
         last_execution_id: row.opt_text("last_execution_id")?,
         generation: row.integer("generation")?,
+        revision: row.integer("revision")?,
+        intervention: row.opt_document("intervention")?,
+        active_execution_ids: row.document("active_execution_ids")?,
         updated_at: row.timestamp("updated_at")?,
     })
 }
@@ -323,6 +328,8 @@ mod tests {
             "started_at": "2024-01-01T00:00:01.000Z",
             "finished_at": "2024-01-01T00:00:02.500Z",
             "provider": "local",
+            "attempt": 2,
+            "cancel_requested": {"reason": "ops", "at": "2024-01-01T00:00:02.000Z"},
         }))
     }
 
@@ -346,6 +353,7 @@ mod tests {
                     tenant_id: "t".into(),
                     operation: Operation::Provision,
                     state: ExecutionState::Succeeded,
+                    attempt: 2,
                     idempotency_key: None,
                     progress: None,
                     resource_ids: ResourceIds {
@@ -365,6 +373,10 @@ mod tests {
                 },
                 request: json!({"tenantId": "t"}),
                 spec_hash: "h".into(),
+                cancel_requested: Some(super::super::CancelRequest {
+                    reason: Some("ops".into()),
+                    at: at("2024-01-01T00:00:02Z"),
+                }),
             }
         );
     }
@@ -431,6 +443,10 @@ mod tests {
             "resource_ids": {},
             "last_execution_id": "t-delete-1",
             "generation": 3,
+            "revision": 2,
+            "intervention": {"code": "PARTIAL_FAILURE", "message": "half",
+                             "executionId": "t-update-1", "at": "2024-01-01T00:00:00Z"},
+            "active_execution_ids": ["t-delete-1"],
             "updated_at": "2024-01-01T00:00:00.000Z",
         }));
         let tenant = tenant(&row).unwrap();
@@ -441,6 +457,9 @@ mod tests {
             (tenant.last_execution_id.as_deref(), tenant.generation),
             (Some("t-delete-1"), 3)
         );
+        assert_eq!(tenant.revision, 2);
+        assert_eq!(tenant.intervention.unwrap().execution_id, "t-update-1");
+        assert_eq!(tenant.active_execution_ids, ["t-delete-1"]);
         let row = row.with("state", json!("gone")).with("spec", Value::Null);
         assert_eq!(corrupt(super::tenant(&row)), "tenant state \"gone\"");
     }

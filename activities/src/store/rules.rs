@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use super::{ExecutionRecord, NewExecution, TenantRecord, Transition};
 use crate::{
     contract::{
-        ComputeSpec, ExecutionState, ExecutionStatus, HistoryEntry, Operation, Progress,
-        ResourceIds, TenantState,
+        ExecutionState, HistoryEntry, InterventionMark, Operation, Progress, ResourceIds,
+        TenantState, ComputeSpec,
     },
-    error::{Classification, ComputeError},
+    error::{Classification, ComputeError, ErrorCode},
 };
 
 fn hex(bytes: &[u8], n: usize) -> String {
@@ -68,17 +68,19 @@ pub fn derive_execution_id(
     )
 }
 
-/// Whether an unkeyed request attaches to the tenant's latest execution: same operation, same
-/// spec, no key, and not ended in failure (re-sending a failed request is a new attempt).
+/// Whether an unkeyed request is the tenant's latest execution again: same operation, same
+/// spec, no key. Re-sent while it runs (or after it succeeded) it attaches; re-sent after it
+/// failed or was cancelled it re-opens it ([`begin`]).
 pub fn attaches_to_latest(latest: &ExecutionRecord, new: &NewExecution) -> bool {
     new.idempotency_key.is_none()
         && latest.status.idempotency_key.is_none()
         && latest.status.operation == new.operation
         && latest.spec_hash == new.spec_hash
-        && !matches!(
-            latest.status.state,
-            ExecutionState::Failed | ExecutionState::Cancelled
-        )
+}
+
+/// Whether an execution in `state` is re-opened, rather than attached to, by its request.
+pub fn reopens(state: ExecutionState) -> bool {
+    matches!(state, ExecutionState::Failed | ExecutionState::Cancelled)
 }
 
 /// The tenant's state when an operation starts.
@@ -90,7 +92,9 @@ pub fn tenant_state_on_begin(operation: Operation) -> TenantState {
     }
 }
 
-/// The tenant's state after its latest execution enters `state`, if it changes.
+/// The tenant's state after its latest execution enters `state`, if it changes (the default
+/// rule; an activity that put the tenant back on its last good spec says so with a
+/// [`TenantOutcome`](super::TenantOutcome)).
 pub fn tenant_state_after(
     operation: Operation,
     state: ExecutionState,
@@ -98,18 +102,29 @@ pub fn tenant_state_after(
 ) -> Option<TenantState> {
     match state {
         ExecutionState::Succeeded => Some(match operation {
-            Operation::Provision | Operation::Update => TenantState::Active,
+            Operation::Provision | Operation::Update => TenantState::Running,
             Operation::Delete => TenantState::Deleted,
         }),
-        ExecutionState::Failed | ExecutionState::Cancelled => Some(
-            if error.map(|e| e.classification) == Some(Classification::RequiresManualIntervention) {
-                TenantState::RequiresManualIntervention
-            } else {
-                TenantState::Failed
-            },
-        ),
+        ExecutionState::Failed | ExecutionState::Cancelled => Some(if error.is_some_and(needs_operator) {
+            TenantState::RequiresManualIntervention
+        } else {
+            TenantState::Failed
+        }),
         ExecutionState::Pending | ExecutionState::Running | ExecutionState::TimedOut => None,
     }
+}
+
+/// Whether a failure leaves something automation cannot clean up: its class says so, or
+/// putting the tenant back failed.
+pub fn needs_operator(error: &ComputeError) -> bool {
+    error.classification == Classification::RequiresManualIntervention
+        || error.rollback_error.is_some()
+}
+
+/// Whether a failure marks its tenant for manual intervention: every non-retriable failure
+/// but an operator's own cancel (unless undoing it failed).
+pub fn marks_tenant(error: &ComputeError) -> bool {
+    needs_operator(error) || (!error.retriable && error.code != ErrorCode::Cancelled)
 }
 
 /// The execution a request may attach to, for the backend to load (if it exists) before
@@ -138,6 +153,27 @@ pub enum Begin {
     Attach(ExecutionRecord),
     /// The request is new: record it as this says.
     Start(StartExecution),
+    /// The request is one that ended in failure (or was cancelled): run it again under the
+    /// same id, as this says.
+    Reopen(ReopenExecution),
+    /// The request cannot be carried out (an update of a tenant with no compute): record
+    /// nothing, fail with this.
+    Refuse(ComputeError),
+}
+
+/// A failed or cancelled execution run again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReopenExecution {
+    /// The execution, as it ended.
+    pub record: ExecutionRecord,
+    /// Its attempt from now on.
+    pub attempt: u32,
+    /// The tenant's generation from now on (it becomes the tenant's latest execution again).
+    pub generation: i64,
+    /// The tenant's state from now on.
+    pub tenant_state: TenantState,
+    /// The history note of the new attempt.
+    pub note: String,
 }
 
 /// A new execution, and what it makes of its tenant.
@@ -151,30 +187,52 @@ pub struct StartExecution {
     pub generation: i64,
     /// The tenant's state from now on.
     pub tenant_state: TenantState,
-    /// The tenant's spec from now on; `None` (a delete) keeps the one it has, so the last spec
-    /// asked for stays known.
-    pub spec: Option<ComputeSpec>,
 }
 
 /// Decides a request given the tenant (`None` for one never seen) and the execution
 /// [`begin_candidate`] named, as loaded (`None` when there is none).
 ///
-/// A keyed request attaches to whatever execution its key named; an unkeyed one only as
-/// [`attaches_to_latest`] says. Otherwise the request starts a new execution of the tenant's
-/// next generation.
+/// A keyed request is the execution its key named; an unkeyed one is the tenant's latest
+/// when [`attaches_to_latest`] says so. Such a request attaches, or re-opens the execution
+/// when it failed or was cancelled ([`reopens`]). Otherwise the request starts a new
+/// execution of the tenant's next generation, except an update of a tenant with no compute
+/// ([`TenantRecord::has_compute`]), which is refused with `NOT_FOUND` on every provider.
 pub fn begin(
     new: &NewExecution,
     tenant: Option<&TenantRecord>,
     candidate: Option<ExecutionRecord>,
 ) -> Begin {
-    let attached = match new.idempotency_key {
+    let same = match new.idempotency_key {
         Some(_) => candidate,
         None => candidate.filter(|latest| attaches_to_latest(latest, new)),
     };
-    if let Some(record) = attached {
-        return Begin::Attach(record);
-    }
     let generation = tenant.map_or(0, |t| t.generation) + 1;
+    if let Some(record) = same {
+        if !reopens(record.status.state) {
+            return Begin::Attach(record);
+        }
+        let attempt = record.status.attempt.saturating_add(1);
+        let note = format!(
+            "attempt {attempt}: the same request again after the execution ended {}",
+            record.status.state
+        );
+        return Begin::Reopen(ReopenExecution {
+            record,
+            attempt,
+            generation,
+            tenant_state: tenant_state_on_begin(new.operation),
+            note,
+        });
+    }
+    if new.operation == Operation::Update && !tenant.is_some_and(TenantRecord::has_compute) {
+        return Begin::Refuse(ComputeError::new(
+            ErrorCode::NotFound,
+            format!(
+                "tenant {} has no compute to update: provision it first",
+                new.tenant_id
+            ),
+        ));
+    }
     Begin::Start(StartExecution {
         execution_id: derive_execution_id(
             &new.tenant_id,
@@ -186,7 +244,6 @@ pub fn begin(
         state: ExecutionState::Pending,
         generation,
         tenant_state: tenant_state_on_begin(new.operation),
-        spec: new.spec.clone(),
     })
 }
 
@@ -195,7 +252,7 @@ pub fn begin(
 /// goes ahead.
 #[derive(Debug, Clone, Copy)]
 pub struct AllowedTransition<'a> {
-    current: &'a ExecutionStatus,
+    current: &'a ExecutionRecord,
     transition: &'a Transition,
 }
 
@@ -204,10 +261,10 @@ pub struct AllowedTransition<'a> {
 /// when it is refused: the execution and its tenant stay as they are (activities run at least
 /// once, so a late or repeated transition must be harmless).
 pub fn transition<'a>(
-    current: &'a ExecutionStatus,
+    current: &'a ExecutionRecord,
     transition: &'a Transition,
 ) -> Option<AllowedTransition<'a>> {
-    let from = current.state;
+    let from = current.status.state;
     (from == transition.state || from.can_become(transition.state)).then_some(AllowedTransition {
         current,
         transition,
@@ -252,14 +309,43 @@ pub struct TransitionChange {
 pub struct TenantChange {
     /// The tenant's state.
     pub state: TenantState,
-    /// The tenant's resources: the execution's, or none once a delete has succeeded.
+    /// The tenant's resources: what runs now.
     pub resource_ids: ResourceIds,
+    /// The tenant's last good spec.
+    pub spec: Change<ComputeSpec>,
+    /// Whether the revision goes up (a spec was applied).
+    pub bump_revision: bool,
+    /// The tenant's manual-intervention mark.
+    pub intervention: Change<InterventionMark>,
+}
+
+/// What becomes of one of the tenant's optional values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<T> {
+    /// It stays as it is.
+    Keep,
+    /// It becomes this.
+    Set(T),
+    /// It goes.
+    Clear,
+}
+
+impl<T> Change<T> {
+    /// The value to write given the one stored.
+    pub fn apply(self, stored: Option<T>) -> Option<T> {
+        match self {
+            Change::Keep => stored,
+            Change::Set(v) => Some(v),
+            Change::Clear => None,
+        }
+    }
 }
 
 impl AllowedTransition<'_> {
     /// What the transition writes when it happens at `at`.
     pub fn at(self, at: DateTime<Utc>) -> TransitionChange {
-        let (current, t) = (self.current, self.transition);
+        let (record, t) = (self.current, self.transition);
+        let current = &record.status;
         let state = t.state;
         let same = current.state == state;
         let resource_ids = t
@@ -289,18 +375,7 @@ impl AllowedTransition<'_> {
         let tenant = if same {
             None
         } else {
-            tenant_state_after(
-                current.operation,
-                state,
-                t.error.as_ref().or(current.error.as_ref()),
-            )
-            .map(|tenant_state| TenantChange {
-                state: tenant_state,
-                resource_ids: match (current.operation, state) {
-                    (Operation::Delete, ExecutionState::Succeeded) => ResourceIds::default(),
-                    _ => resource_ids.clone(),
-                },
-            })
+            tenant_change(record, state, &resource_ids, error.as_ref(), t, at)
         };
         TransitionChange {
             state,
@@ -317,6 +392,92 @@ impl AllowedTransition<'_> {
     }
 }
 
+/// The history note of a manual-intervention mark.
+pub fn mark_note(mark: &InterventionMark) -> String {
+    format!(
+        "tenant marked as requiring manual intervention: {}: {}",
+        mark.code, mark.message
+    )
+}
+
+/// The history note of an operator's cancel request.
+pub fn cancel_note(reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("cancel requested: {r}"),
+        None => "cancel requested".to_string(),
+    }
+}
+
+/// A tenant's state once its manual-intervention mark is cleared: an operator has looked, so
+/// a tenant that stood in `requires_manual_intervention` runs its last good spec if it has
+/// one and is failed otherwise; any other state stays.
+pub fn state_after_clear(tenant: &TenantRecord) -> TenantState {
+    match tenant.state {
+        TenantState::RequiresManualIntervention if tenant.spec.is_some() => TenantState::Running,
+        TenantState::RequiresManualIntervention => TenantState::Failed,
+        other => other,
+    }
+}
+
+/// What an execution entering `state` does to its tenant (see [`TenantChange`]).
+fn tenant_change(
+    record: &ExecutionRecord,
+    state: ExecutionState,
+    resource_ids: &ResourceIds,
+    error: Option<&ComputeError>,
+    t: &Transition,
+    at: DateTime<Utc>,
+) -> Option<TenantChange> {
+    let operation = record.status.operation;
+    let default_state = tenant_state_after(operation, state, error)?;
+    if state == ExecutionState::Succeeded {
+        let applied = operation != Operation::Delete;
+        return Some(TenantChange {
+            state: default_state,
+            resource_ids: if applied {
+                resource_ids.clone()
+            } else {
+                ResourceIds::default()
+            },
+            spec: match record.spec() {
+                Some(spec) if applied => Change::Set(spec),
+                _ if applied => Change::Keep,
+                _ => Change::Clear,
+            },
+            bump_revision: applied,
+            intervention: Change::Clear,
+        });
+    }
+    // Failed or cancelled: the spec stays the last good one.
+    let (tenant_state, tenant_ids) = match &t.tenant {
+        // Putting the tenant back failed: whatever the activity thought, an operator looks.
+        Some(_) if error.is_some_and(needs_operator) => {
+            (TenantState::RequiresManualIntervention, resource_ids.clone())
+        }
+        Some(outcome) => (outcome.state, outcome.resource_ids.clone()),
+        None => (default_state, resource_ids.clone()),
+    };
+    let intervention = match error {
+        Some(e) if marks_tenant(e) => Change::Set(InterventionMark {
+            code: e.code,
+            message: match &e.rollback_error {
+                Some(r) => format!("{}; putting the tenant back failed: {r}", e.message),
+                None => e.message.clone(),
+            },
+            execution_id: record.status.execution_id.clone(),
+            at,
+        }),
+        _ => Change::Keep,
+    };
+    Some(TenantChange {
+        state: tenant_state,
+        resource_ids: tenant_ids,
+        spec: Change::Keep,
+        bump_revision: false,
+        intervention,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -324,7 +485,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::error::ErrorCode;
+    use crate::{contract::ExecutionStatus, store::TenantOutcome};
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
@@ -349,11 +510,14 @@ mod tests {
     fn tenant(generation: i64, last: Option<&str>) -> TenantRecord {
         TenantRecord {
             tenant_id: "t".into(),
-            state: TenantState::Active,
-            spec: None,
+            state: TenantState::Running,
+            spec: Some(ComputeSpec::default()),
             resource_ids: ResourceIds::default(),
             last_execution_id: last.map(str::to_string),
             generation,
+            revision: 1,
+            intervention: None,
+            active_execution_ids: Vec::new(),
             updated_at: at(0),
         }
     }
@@ -364,6 +528,7 @@ mod tests {
             tenant_id: "t".into(),
             operation,
             state,
+            attempt: 1,
             idempotency_key: None,
             progress: None,
             resource_ids: ResourceIds::default(),
@@ -392,6 +557,16 @@ mod tests {
             status,
             request: json!({}),
             spec_hash: spec.into(),
+            cancel_requested: None,
+        }
+    }
+
+    fn rec(status: &ExecutionStatus) -> ExecutionRecord {
+        ExecutionRecord {
+            status: status.clone(),
+            request: json!({}),
+            spec_hash: "h".into(),
+            cancel_requested: None,
         }
     }
 
@@ -459,8 +634,8 @@ mod tests {
         use ExecutionState::*;
         use Operation::*;
         for (operation, state, error, expected) in [
-            (Provision, Succeeded, None, Some(TenantState::Active)),
-            (Update, Succeeded, None, Some(TenantState::Active)),
+            (Provision, Succeeded, None, Some(TenantState::Running)),
+            (Update, Succeeded, None, Some(TenantState::Running)),
             (Delete, Succeeded, None, Some(TenantState::Deleted)),
             (Update, Failed, Some(&plain), Some(TenantState::Failed)),
             (Provision, Cancelled, None, Some(TenantState::Failed)),
@@ -510,44 +685,88 @@ mod tests {
     }
 
     #[test]
-    fn a_request_attaches_only_to_the_same_request() {
+    fn a_request_attaches_to_or_reopens_only_the_same_request() {
         use ExecutionState::*;
         use Operation::*;
-        // (request: operation, key, spec; candidate: operation, key, spec, state; attaches)
-        for (new, candidate, attaches) in [
-            // Unkeyed: the tenant's latest, if it is the same request and did not fail.
-            ((Update, None, "h"), (Update, None, "h", Pending), true),
-            ((Update, None, "h"), (Update, None, "h", Running), true),
-            ((Update, None, "h"), (Update, None, "h", Succeeded), true),
-            ((Update, None, "h"), (Update, None, "h", TimedOut), true),
-            ((Update, None, "h"), (Update, None, "h", Failed), false),
-            ((Update, None, "h"), (Update, None, "h", Cancelled), false),
-            ((Update, None, "h"), (Update, None, "other", Running), false),
-            ((Update, None, "h"), (Provision, None, "h", Running), false),
+        #[derive(Debug, PartialEq)]
+        enum Decided {
+            Attach,
+            Reopen,
+            Start,
+        }
+        // (request: operation, key, spec; candidate: operation, key, spec, state; decided)
+        for (new, candidate, expected) in [
+            // Unkeyed: the tenant's latest, if it is the same request; re-opened if it failed.
+            ((Update, None, "h"), (Update, None, "h", Pending), Decided::Attach),
+            ((Update, None, "h"), (Update, None, "h", Running), Decided::Attach),
+            ((Update, None, "h"), (Update, None, "h", Succeeded), Decided::Attach),
+            ((Update, None, "h"), (Update, None, "h", TimedOut), Decided::Attach),
+            ((Update, None, "h"), (Update, None, "h", Failed), Decided::Reopen),
+            ((Update, None, "h"), (Update, None, "h", Cancelled), Decided::Reopen),
+            ((Update, None, "h"), (Update, None, "other", Running), Decided::Start),
+            ((Update, None, "h"), (Provision, None, "h", Running), Decided::Start),
             (
                 (Update, None, "h"),
                 (Update, Some("k"), "h", Running),
-                false,
+                Decided::Start,
             ),
-            // Keyed: whatever the key named, failed or not.
+            // Keyed: whatever the key named; re-opened if it failed.
             (
                 (Update, Some("k"), "h"),
                 (Update, Some("k"), "h", Failed),
-                true,
+                Decided::Reopen,
             ),
             (
                 (Update, Some("k"), "h"),
                 (Update, Some("k"), "other", Running),
-                true,
+                Decided::Attach,
             ),
         ] {
             let new = request(new.0, new.1, new.2);
             let candidate = execution(candidate.0, candidate.1, candidate.2, candidate.3);
             let decided = begin(&new, Some(&tenant(3, Some("e"))), Some(candidate.clone()));
-            if attaches {
-                assert_eq!(decided, Begin::Attach(candidate), "{new:?}");
-            } else {
-                assert!(matches!(decided, Begin::Start(_)), "{new:?} {candidate:?}");
+            let kind = match &decided {
+                Begin::Attach(r) => {
+                    assert_eq!(r, &candidate);
+                    Decided::Attach
+                }
+                Begin::Reopen(r) => {
+                    assert_eq!(r.record, candidate);
+                    assert_eq!((r.attempt, r.generation), (2, 4));
+                    Decided::Reopen
+                }
+                Begin::Start(_) => Decided::Start,
+                Begin::Refuse(e) => panic!("refused: {e}"),
+            };
+            assert_eq!(kind, expected, "{new:?} {candidate:?}");
+        }
+    }
+
+    #[test]
+    fn an_update_of_a_tenant_without_compute_is_refused() {
+        let update = request(Operation::Update, None, "h");
+        let mut gone = tenant(3, Some("e"));
+        gone.state = TenantState::Deleted;
+        let mut failed_provision = tenant(1, Some("e"));
+        failed_provision.state = TenantState::Failed;
+        failed_provision.spec = None;
+        let mut provisioning = failed_provision.clone();
+        provisioning.state = TenantState::Provisioning;
+        for (tenant, refused) in [
+            (None, true),
+            (Some(gone), true),
+            (Some(failed_provision), true),
+            (Some(provisioning), false),
+            (Some(tenant(2, Some("e"))), false),
+        ] {
+            let decided = begin(&update, tenant.as_ref(), None);
+            match decided {
+                Begin::Refuse(e) => {
+                    assert!(refused, "{tenant:?}");
+                    assert_eq!(e.code, ErrorCode::NotFound);
+                }
+                Begin::Start(_) => assert!(!refused, "{tenant:?}"),
+                other => panic!("{other:?}"),
             }
         }
     }
@@ -583,7 +802,6 @@ mod tests {
                     state: ExecutionState::Pending,
                     generation,
                     tenant_state: tenant_state_on_begin(new.operation),
-                    spec: new.spec.clone(),
                 }
             );
         }
@@ -598,15 +816,15 @@ mod tests {
                 let current = status(Operation::Provision, from);
                 let t = Transition::to("e", to);
                 assert_eq!(
-                    transition(&current, &t).is_some(),
+                    transition(&rec(&current), &t).is_some(),
                     from == to || from.can_become(to),
                     "{from:?} -> {to:?}"
                 );
             }
         }
         let current = status(Operation::Provision, Succeeded);
-        assert!(transition(&current, &Transition::to("e", Running)).is_none());
-        assert!(transition(&current, &Transition::to("e", Succeeded)).is_some());
+        assert!(transition(&rec(&current), &Transition::to("e", Running)).is_none());
+        assert!(transition(&rec(&current), &Transition::to("e", Succeeded)).is_some());
     }
 
     #[test]
@@ -669,7 +887,7 @@ mod tests {
                 progress: brings.2.map(progress),
                 ..Transition::to("e", to)
             };
-            let change = transition(&current, &t).unwrap().at(at(5));
+            let change = transition(&rec(&current), &t).unwrap().at(at(5));
             let case = format!("{from:?} -> {to:?} with {brings:?}");
             assert_eq!(change.state, to, "{case}");
             assert_eq!(change.resource_ids, expected.0.map(ids).unwrap(), "{case}");
@@ -698,7 +916,7 @@ mod tests {
             let mut current = status(Operation::Provision, from);
             current.started_at = started.map(at);
             current.finished_at = finished.map(at);
-            let change = transition(&current, &Transition::to("e", to))
+            let change = transition(&rec(&current), &Transition::to("e", to))
                 .unwrap()
                 .at(at(9));
             assert_eq!(
@@ -730,7 +948,7 @@ mod tests {
                 error: with_error.then(|| error.clone()),
                 ..Transition::to("e", to)
             };
-            let change = transition(&current, &t).unwrap().at(at(3));
+            let change = transition(&rec(&current), &t).unwrap().at(at(3));
             let case = format!("{from:?} -> {to:?} {message:?} {with_progress} {with_error}");
             assert_eq!(
                 change.history,
@@ -758,7 +976,7 @@ mod tests {
                 Succeeded,
                 None,
                 None,
-                Some((TenantState::Active, Some(2))),
+                Some((TenantState::Running, Some(2))),
             ),
             (
                 Update,
@@ -766,7 +984,7 @@ mod tests {
                 Succeeded,
                 None,
                 None,
-                Some((TenantState::Active, Some(2))),
+                Some((TenantState::Running, Some(2))),
             ),
             (
                 Delete,
@@ -815,15 +1033,57 @@ mod tests {
                 error: error.cloned(),
                 ..Transition::to("e", to)
             };
-            let change = transition(&current, &t).unwrap().at(at(1));
+            let change = transition(&rec(&current), &t).unwrap().at(at(1));
             assert_eq!(
-                change.tenant,
-                expected.map(|(state, pid)| TenantChange {
-                    state,
-                    resource_ids: pid.map(ids).unwrap_or_default(),
-                }),
+                change.tenant.map(|c| (c.state, c.resource_ids)),
+                expected.map(|(state, pid)| (state, pid.map(ids).unwrap_or_default())),
                 "{operation:?} {from:?} -> {to:?}"
             );
         }
+    }
+
+    #[test]
+    fn failures_mark_the_tenant_unless_retriable_or_an_operators_cancel() {
+        let mut reverted = ComputeError::new(ErrorCode::WorkloadFailed, "exit 1");
+        assert!(marks_tenant(&reverted) && !needs_operator(&reverted));
+        reverted.rolled_back = true;
+        assert!(marks_tenant(&reverted), "a reverted failure is still news for an operator");
+        let cancel = ComputeError::new(ErrorCode::Cancelled, "by ops");
+        assert!(!marks_tenant(&cancel));
+        let mut failed_undo = cancel.clone();
+        failed_undo.rollback_error = Some("boom".into());
+        assert!(marks_tenant(&failed_undo) && needs_operator(&failed_undo));
+        assert!(!marks_tenant(&ComputeError::new(ErrorCode::InsufficientCapacity, "x")));
+        assert!(needs_operator(&ComputeError::new(ErrorCode::PartialFailure, "x")));
+    }
+
+    #[test]
+    fn a_success_applies_its_spec_and_clears_the_mark() {
+        let mut current = status(Operation::Update, ExecutionState::Running);
+        current.resource_ids = ids(4);
+        let mut record = rec(&current);
+        record.request = json!({"tenantId": "t", "spec": {"command": ["sleep"], "args": ["9"]}});
+        let change = transition(&record, &Transition::to("e", ExecutionState::Succeeded))
+            .unwrap()
+            .at(at(2));
+        let tenant = change.tenant.unwrap();
+        assert_eq!(tenant.state, TenantState::Running);
+        assert!(tenant.bump_revision);
+        assert!(matches!(tenant.spec, Change::Set(ref s) if s.args == ["9"]));
+        assert_eq!(tenant.intervention, Change::Clear);
+        // A failure put back by the activity keeps the spec and says what runs.
+        let t = Transition {
+            error: Some(ComputeError::new(ErrorCode::WorkloadFailed, "exit 1")),
+            tenant: Some(TenantOutcome {
+                state: TenantState::Running,
+                resource_ids: ids(3),
+            }),
+            ..Transition::to("e", ExecutionState::Failed)
+        };
+        let tenant = transition(&record, &t).unwrap().at(at(2)).tenant.unwrap();
+        assert_eq!((tenant.state, tenant.resource_ids), (TenantState::Running, ids(3)));
+        assert_eq!(tenant.spec, Change::Keep);
+        assert!(!tenant.bump_revision);
+        assert!(matches!(tenant.intervention, Change::Set(ref m) if m.execution_id == "e"));
     }
 }

@@ -11,14 +11,27 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
+    BeginOutcome, CancelRequest, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
     Result, StoreError, TenantRecord, Transition, TransitionOutcome,
     rows::{self, Columns, timestamp_text as ts},
     rules::{self, Begin},
 };
 use crate::contract::{
-    AttemptRecord, CallbackDelivery, ExecutionState, HistoryEntry, TenantState, now,
+    AttemptRecord, CallbackDelivery, ExecutionState, HistoryEntry, InterventionMark, TenantState,
+    now,
 };
+
+/// A tenant's columns, with its executions that are not final as a JSON array, oldest first.
+macro_rules! tenant_columns {
+    () => {
+        "SELECT t.*, (SELECT json_group_array(a.execution_id) FROM
+                        (SELECT execution_id FROM executions
+                          WHERE tenant_id = t.tenant_id
+                            AND state IN ('pending', 'running', 'timed_out')
+                          ORDER BY seq) a) AS active_execution_ids
+         FROM tenants t"
+    };
+}
 
 /// The SQLite store: a file (`sqlite://PATH`) or memory (`sqlite::memory:`).
 #[derive(Debug, Clone)]
@@ -145,12 +158,23 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         tenant_id: &str,
     ) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query("SELECT * FROM tenants WHERE tenant_id = ?")
+        let row = sqlx::query(concat!(tenant_columns!(), " WHERE t.tenant_id = ?"))
             .bind(tenant_id)
             .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::from_sqlx)?;
         row.as_ref().map(rows::tenant).transpose()
+    }
+
+    async fn load_cancel_outcome(
+        conn: &mut SqliteConnection,
+        execution_id: &str,
+        applied: bool,
+    ) -> Result<TransitionOutcome> {
+        let record = Self::load_execution(conn, execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.to_string()))?;
+        Ok(TransitionOutcome { record, applied })
     }
 
     /// Runs a `DELETE ... LIMIT ?2` of rows older than `?1` until a batch comes back short:
@@ -210,6 +234,50 @@ impl ExecutionStore for SqliteStore {
                 return Ok(BeginOutcome {
                     record,
                     created: false,
+                    reopened: false,
+                    previous_tenant: tenant,
+                });
+            }
+            Begin::Refuse(e) => {
+                tx.rollback().await.map_err(StoreError::from_sqlx)?;
+                return Err(StoreError::Refused(Box::new(e)));
+            }
+            Begin::Reopen(reopen) => {
+                let id = reopen.record.status.execution_id.clone();
+                let at = now();
+                sqlx::query(
+                    "UPDATE executions SET state = 'pending', attempt = ?, error = NULL,
+                       progress = NULL, finished_at = NULL, cancel_requested = NULL,
+                       updated_at = ? WHERE execution_id = ?",
+                )
+                .bind(i64::from(reopen.attempt))
+                .bind(ts(at))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                sqlx::query(
+                    "UPDATE tenants SET state = ?, last_execution_id = ?, generation = ?,
+                       updated_at = ? WHERE tenant_id = ?",
+                )
+                .bind(reopen.tenant_state.as_str())
+                .bind(&id)
+                .bind(reopen.generation)
+                .bind(ts(at))
+                .bind(&new.tenant_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Self::add_history(&mut tx, &id, ExecutionState::Pending, Some(&reopen.note), at)
+                    .await?;
+                let record = Self::load_execution(&mut tx, &id)
+                    .await?
+                    .ok_or_else(|| StoreError::ExecutionNotFound(id.clone()))?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                return Ok(BeginOutcome {
+                    record,
+                    created: false,
+                    reopened: true,
                     previous_tenant: tenant,
                 });
             }
@@ -218,18 +286,16 @@ impl ExecutionStore for SqliteStore {
 
         let at = now();
         sqlx::query(
-            "INSERT INTO tenants (tenant_id, state, spec, last_execution_id, generation, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+            "INSERT INTO tenants (tenant_id, state, last_execution_id, generation, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
              ON CONFLICT (tenant_id) DO UPDATE SET
                state = excluded.state,
-               spec = COALESCE(excluded.spec, tenants.spec),
                last_execution_id = excluded.last_execution_id,
                generation = excluded.generation,
                updated_at = excluded.updated_at",
         )
         .bind(&new.tenant_id)
         .bind(start.tenant_state.as_str())
-        .bind(start.spec.as_ref().map(to_json).transpose()?)
         .bind(&start.execution_id)
         .bind(start.generation)
         .bind(ts(at))
@@ -262,6 +328,7 @@ impl ExecutionStore for SqliteStore {
         Ok(BeginOutcome {
             record,
             created: true,
+            reopened: false,
             previous_tenant: tenant,
         })
     }
@@ -295,7 +362,7 @@ impl ExecutionStore for SqliteStore {
         let current = Self::load_execution(&mut tx, &t.execution_id)
             .await?
             .ok_or_else(|| StoreError::ExecutionNotFound(t.execution_id.clone()))?;
-        let Some(allowed) = rules::transition(&current.status, &t) else {
+        let Some(allowed) = rules::transition(&current, &t) else {
             tx.commit().await.map_err(StoreError::from_sqlx)?;
             return Ok(TransitionOutcome {
                 record: current,
@@ -328,19 +395,28 @@ impl ExecutionStore for SqliteStore {
             )
             .await?;
         }
-        if let Some(tenant) = &change.tenant {
-            sqlx::query(
-                "UPDATE tenants SET state = ?, resource_ids = ?, updated_at = ?
-                 WHERE tenant_id = ? AND last_execution_id = ?",
-            )
-            .bind(tenant.state.as_str())
-            .bind(to_json(&tenant.resource_ids)?)
-            .bind(ts(change.updated_at))
-            .bind(&current.status.tenant_id)
-            .bind(&t.execution_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        if let Some(change_tenant) = change.tenant.clone() {
+            // Only the tenant's latest execution speaks for it (see `TenantChange`).
+            if let Some(tenant) = Self::load_tenant(&mut tx, &current.status.tenant_id).await?
+                && tenant.last_execution_id.as_deref() == Some(t.execution_id.as_str())
+            {
+                let spec = change_tenant.spec.apply(tenant.spec);
+                let intervention = change_tenant.intervention.apply(tenant.intervention);
+                sqlx::query(
+                    "UPDATE tenants SET state = ?, resource_ids = ?, spec = ?, revision = ?,
+                       intervention = ?, updated_at = ? WHERE tenant_id = ?",
+                )
+                .bind(change_tenant.state.as_str())
+                .bind(to_json(&change_tenant.resource_ids)?)
+                .bind(spec.as_ref().map(to_json).transpose()?)
+                .bind(tenant.revision + i64::from(change_tenant.bump_revision))
+                .bind(intervention.as_ref().map(to_json).transpose()?)
+                .bind(ts(change.updated_at))
+                .bind(&current.status.tenant_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+            }
         }
         let record = Self::load_execution(&mut tx, &t.execution_id)
             .await?
@@ -357,13 +433,101 @@ impl ExecutionStore for SqliteStore {
         Self::load_tenant(&mut conn, tenant_id).await
     }
 
-    async fn set_tenant_state(
+    async fn list_tenants(
+        &self,
+        state: Option<TenantState>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>> {
+        let found = sqlx::query(concat!(
+            tenant_columns!(),
+            " WHERE (?1 IS NULL OR t.state = ?1) AND (?2 IS NULL OR t.tenant_id > ?2)
+              ORDER BY t.tenant_id LIMIT ?3"
+        ))
+        .bind(state.map(TenantState::as_str))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        found.iter().map(rows::tenant).collect()
+    }
+
+    async fn mark_tenant(
         &self,
         tenant_id: &str,
-        state: TenantState,
-        execution_id: &str,
-        note: &str,
+        mark: InterventionMark,
+        state: Option<TenantState>,
     ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let current = Self::load_execution(&mut tx, &mark.execution_id)
+            .await?
+            .ok_or_else(|| StoreError::ExecutionNotFound(mark.execution_id.clone()))?;
+        let at = now();
+        sqlx::query(
+            "UPDATE tenants SET state = COALESCE(?, state), intervention = ?, updated_at = ?
+             WHERE tenant_id = ?",
+        )
+        .bind(state.map(TenantState::as_str))
+        .bind(to_json(&mark)?)
+        .bind(ts(at))
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let note = rules::mark_note(&mark);
+        Self::add_history(&mut tx, &mark.execution_id, current.status.state, Some(&note), at)
+            .await?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn clear_intervention(
+        &self,
+        tenant_id: &str,
+        note: &str,
+    ) -> Result<Option<TenantRecord>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let Some(tenant) = Self::load_tenant(&mut tx, tenant_id).await? else {
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(None);
+        };
+        let Some(mark) = tenant.intervention.clone() else {
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(Some(tenant));
+        };
+        let at = now();
+        sqlx::query(
+            "UPDATE tenants SET state = ?, intervention = NULL, updated_at = ? WHERE tenant_id = ?",
+        )
+        .bind(rules::state_after_clear(&tenant).as_str())
+        .bind(ts(at))
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if let Some(execution) = Self::load_execution(&mut tx, &mark.execution_id).await? {
+            Self::add_history(&mut tx, &mark.execution_id, execution.status.state, Some(note), at)
+                .await?;
+        }
+        let tenant = Self::load_tenant(&mut tx, tenant_id).await?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(tenant)
+    }
+
+    async fn request_cancel(
+        &self,
+        execution_id: &str,
+        reason: Option<&str>,
+    ) -> Result<TransitionOutcome> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -372,17 +536,31 @@ impl ExecutionStore for SqliteStore {
         let current = Self::load_execution(&mut tx, execution_id)
             .await?
             .ok_or_else(|| StoreError::ExecutionNotFound(execution_id.to_string()))?;
+        if current.status.state.is_final() || current.cancel_requested.is_some() {
+            let outcome = TransitionOutcome {
+                record: current,
+                applied: false,
+            };
+            tx.commit().await.map_err(StoreError::from_sqlx)?;
+            return Ok(outcome);
+        }
         let at = now();
-        sqlx::query("UPDATE tenants SET state = ?, updated_at = ? WHERE tenant_id = ?")
-            .bind(state.as_str())
+        let request = CancelRequest {
+            reason: reason.map(str::to_string),
+            at,
+        };
+        sqlx::query("UPDATE executions SET cancel_requested = ?, updated_at = ? WHERE execution_id = ?")
+            .bind(to_json(&request)?)
             .bind(ts(at))
-            .bind(tenant_id)
+            .bind(execution_id)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
-        Self::add_history(&mut tx, execution_id, current.status.state, Some(note), at).await?;
+        let note = rules::cancel_note(reason);
+        Self::add_history(&mut tx, execution_id, current.status.state, Some(&note), at).await?;
+        let outcome = Self::load_cancel_outcome(&mut tx, execution_id, true).await?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(())
+        Ok(outcome)
     }
 
     async fn record_attempt(&self, a: AttemptRecord) -> Result<()> {

@@ -131,7 +131,7 @@ pub fn classify<E: EcsError>(
             Some(kind) => entry(what, kind, &a.code, &a.message, a.status, cluster),
             None => classify_code(what, &a.code, &a.message, a.status, cluster),
         },
-        Fault::Unanswered(e) => e,
+        Fault::Unanswered(e) => *e,
         Fault::NotBuilt => {
             ComputeError::internal(format!("{what}: the request could not be built"))
                 .with_provider(PROVIDER, Some("ConstructionFailure"))
@@ -371,10 +371,15 @@ mod tests {
         let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
         let register = mock!(Client::register_task_definition).then_output(registered);
         let create = mock!(Client::create_service).then_error(error);
+        // A create that fails for good deregisters the revision it registered.
+        let deregister = mock!(Client::deregister_task_definition).then_output(|| {
+            aws_sdk_ecs::operation::deregister_task_definition::DeregisterTaskDefinitionOutput::builder()
+                .build()
+        });
         let client = mock_client!(
             aws_sdk_ecs,
             RuleMode::MatchAny,
-            [&describe, &describe_td, &register, &create]
+            [&describe, &describe_td, &register, &create, &deregister]
         );
         let provider = EcsProvider::with_client(client, config());
         provider

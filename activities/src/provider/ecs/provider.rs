@@ -56,6 +56,13 @@ impl EcsConfig {
     }
 }
 
+/// A task definition revision for a spec.
+struct Revision {
+    arn: String,
+    /// Whether this call registered it (else it was the family's latest already).
+    registered: bool,
+}
+
 /// The ECS provider.
 pub struct EcsProvider {
     client: Client,
@@ -144,7 +151,7 @@ impl EcsProvider {
         op: &OperationContext,
         spec: &ComputeSpec,
         metadata: &BTreeMap<String, String>,
-    ) -> Result<String> {
+    ) -> Result<Revision> {
         let family = service_name(&op.tenant_id);
         let rendered = render::render(&self.config, spec)?;
         let latest = self
@@ -157,7 +164,10 @@ impl EcsProvider {
         match latest {
             Ok(out) => {
                 if let Some(arn) = render::current_revision(&out, &rendered) {
-                    return Ok(arn.to_string());
+                    return Ok(Revision {
+                        arn: arn.to_string(),
+                        registered: false,
+                    });
                 }
             }
             // A family that does not exist yet is described as a ClientException.
@@ -177,11 +187,46 @@ impl EcsProvider {
         tracing::debug!(response = %redact(&format!("{out:?}")), "ECS RegisterTaskDefinition answered.");
         out.task_definition()
             .and_then(|t| t.task_definition_arn())
-            .map(str::to_string)
+            .map(|arn| Revision {
+                arn: arn.to_string(),
+                registered: true,
+            })
             .ok_or_else(|| {
                 ComputeError::internal("RegisterTaskDefinition returned no ARN")
                     .with_provider(PROVIDER, None)
             })
+    }
+
+    /// Deregisters the revision a failed create registered, so it does not outlive the
+    /// failure; a failure to do so is logged and otherwise ignored (the create's error is
+    /// what the caller needs, and the tenant's delete deregisters the family anyway).
+    async fn deregister_unused(&self, arn: &str) {
+        match self
+            .client
+            .deregister_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(task_definition = %arn, "Deregistered the task definition of a failed CreateService.");
+            }
+            Err(e) => {
+                let e = classify("DeregisterTaskDefinition", &e, &self.config.cluster);
+                tracing::warn!(task_definition = %arn, code = %e.code, error = %e.message, "Deregistering the task definition of a failed CreateService failed; it stays registered.");
+            }
+        }
+    }
+
+    /// The tenant's service, or `NOT_FOUND` when it has none.
+    async fn existing_service(&self, name: &str) -> Result<Service> {
+        self.describe(name).await?.ok_or_else(|| {
+            ComputeError::new(
+                ErrorCode::NotFound,
+                format!("the tenant has no ECS service {name}; provision it first"),
+            )
+            .with_provider(PROVIDER, Some("ServiceNotFoundException"))
+        })
     }
 
     async fn describe(&self, name: &str) -> Result<Option<Service>> {
@@ -265,16 +310,18 @@ impl ComputeProvider for EcsProvider {
             return Ok(service_ids(&existing));
         }
         let metadata = metadata_tags(op);
-        let task_definition = self.ensure_task_definition(op, spec, &metadata).await?;
+        // Before registering: a network that cannot be found registers nothing.
+        let network = self.network().await?;
+        let revision = self.ensure_task_definition(op, spec, &metadata).await?;
         let created = self
             .client
             .create_service()
             .cluster(&self.config.cluster)
             .service_name(&name)
-            .task_definition(&task_definition)
+            .task_definition(&revision.arn)
             .desired_count(spec.replicas.unwrap_or(1) as i32)
             .launch_type(render::launch_type(&self.config))
-            .set_network_configuration(self.network().await?)
+            .set_network_configuration(network)
             .client_token(client_token(&op.execution_id))
             .set_tags(Some(tags(op, &metadata)))
             .send()
@@ -293,6 +340,11 @@ impl ComputeProvider for EcsProvider {
                 if let Ok(Some(existing)) = self.describe(&name).await {
                     return Ok(service_ids(&existing));
                 }
+                // A retry reuses the revision; a create that fails for good leaves none
+                // behind that this call registered.
+                if !err.retriable && revision.registered {
+                    self.deregister_unused(&revision.arn).await;
+                }
                 Err(err)
             }
         }
@@ -305,14 +357,8 @@ impl ComputeProvider for EcsProvider {
         desired: &ComputeSpec,
     ) -> Result<ResourceIds> {
         let name = service_name(&op.tenant_id);
-        if self.describe(&name).await?.is_none() {
-            return Err(ComputeError::new(
-                ErrorCode::NotFound,
-                format!("the tenant has no ECS service {name}; provision it first"),
-            )
-            .with_provider(PROVIDER, Some("ServiceNotFoundException")));
-        }
-        let task_definition = self
+        self.existing_service(&name).await?;
+        let revision = self
             .ensure_task_definition(op, desired, &metadata_tags(op))
             .await?;
         let out = self
@@ -320,13 +366,57 @@ impl ComputeProvider for EcsProvider {
             .update_service()
             .cluster(&self.config.cluster)
             .service(&name)
-            .task_definition(&task_definition)
+            .task_definition(&revision.arn)
             .desired_count(desired.replicas.unwrap_or(1) as i32)
             .send()
             .await
             .map_err(|e| classify("UpdateService", &e, &self.config.cluster))?;
         let mut ids = out.service().map(service_ids).unwrap_or_default();
-        ids.task_definition_arn = Some(task_definition);
+        ids.task_definition_arn = Some(revision.arn);
+        Ok(ids)
+    }
+
+    /// Points the service back at the revision that ran `previous` (registering nothing),
+    /// with `previous.spec`'s replicas; without a recorded revision, registers
+    /// `previous.spec` as an update would.
+    async fn revert(
+        &self,
+        op: &OperationContext,
+        previous: &CurrentState,
+        failed: &ResourceIds,
+    ) -> Result<ResourceIds> {
+        let Some(previous_arn) = previous.resource_ids.task_definition_arn.as_deref() else {
+            let Some(spec) = previous.spec.as_ref() else {
+                return Err(ComputeError::internal(
+                    "nothing to revert to: the tenant has no last good spec",
+                ));
+            };
+            let current = CurrentState {
+                spec: None,
+                resource_ids: failed.clone(),
+            };
+            return self.update(op, &current, spec).await;
+        };
+        let name = service_name(&op.tenant_id);
+        self.existing_service(&name).await?;
+        // Without a last good spec the count stays as it is: only the revision is known.
+        let desired_count = previous
+            .spec
+            .as_ref()
+            .map(|spec| spec.replicas.unwrap_or(1) as i32);
+        let out = self
+            .client
+            .update_service()
+            .cluster(&self.config.cluster)
+            .service(&name)
+            .task_definition(previous_arn)
+            .set_desired_count(desired_count)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateService", &e, &self.config.cluster))?;
+        tracing::info!(service = %name, task_definition = %previous_arn, "Pointed the ECS service back at its last good task definition.");
+        let mut ids = out.service().map(service_ids).unwrap_or_default();
+        ids.task_definition_arn = Some(previous_arn.to_string());
         Ok(ids)
     }
 
@@ -456,11 +546,20 @@ mod tests {
     use aws_sdk_ecs::{
         config::http::HttpResponse,
         operation::{
-            create_service::CreateServiceOutput, delete_service::DeleteServiceError,
+            create_service::{CreateServiceError, CreateServiceOutput},
+            delete_service::DeleteServiceError,
+            deregister_task_definition::{
+                DeregisterTaskDefinitionError, DeregisterTaskDefinitionOutput,
+            },
             describe_services::DescribeServicesOutput,
+            describe_task_definition::DescribeTaskDefinitionOutput,
             list_task_definitions::ListTaskDefinitionsOutput,
+            update_service::UpdateServiceOutput,
         },
-        types::error::ServiceNotFoundException,
+        types::{
+            Tag, TaskDefinition, TaskDefinitionStatus,
+            error::{InvalidParameterException, ServerException, ServiceNotFoundException},
+        },
     };
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
     use aws_smithy_runtime_api::http::StatusCode;
@@ -554,6 +653,254 @@ mod tests {
             .unwrap();
         assert!(ids.is_empty());
         assert_eq!(delete.num_calls(), 0);
+    }
+
+    /// DescribeServices' answer for the tenant's service, running `task_definition`.
+    fn a_service(task_definition: &'static str) -> impl Fn() -> DescribeServicesOutput {
+        move || {
+            DescribeServicesOutput::builder()
+                .services(
+                    Service::builder()
+                        .service_name("tenant-acme")
+                        .service_arn("arn:svc")
+                        .status("ACTIVE")
+                        .task_definition(task_definition)
+                        .build(),
+                )
+                .build()
+        }
+    }
+
+    /// UpdateService's answer: the service, now on `task_definition`.
+    fn updated(task_definition: &'static str) -> impl Fn() -> UpdateServiceOutput {
+        move || {
+            UpdateServiceOutput::builder()
+                .service(
+                    Service::builder()
+                        .service_name("tenant-acme")
+                        .service_arn("arn:svc")
+                        .status("ACTIVE")
+                        .task_definition(task_definition)
+                        .build(),
+                )
+                .build()
+        }
+    }
+
+    /// The state before a failed update: two replicas of `spec()` on revision `arn:td:3`.
+    fn previous() -> CurrentState {
+        CurrentState {
+            spec: Some(ComputeSpec {
+                replicas: Some(2),
+                ..spec()
+            }),
+            resource_ids: ResourceIds {
+                ecs_service_arn: Some("arn:svc".into()),
+                task_definition_arn: Some("arn:td:3".into()),
+                ..ResourceIds::default()
+            },
+        }
+    }
+
+    /// The resources of the failed update: revision `arn:td:4`.
+    fn failed() -> ResourceIds {
+        ResourceIds {
+            ecs_service_arn: Some("arn:svc".into()),
+            task_definition_arn: Some("arn:td:4".into()),
+            ..ResourceIds::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn revert_points_the_service_back_at_the_previous_revision() {
+        let describe = mock!(Client::describe_services).then_output(a_service("arn:td:4"));
+        let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+        let register = mock!(Client::register_task_definition).then_output(registered);
+        let update = mock!(Client::update_service)
+            .match_requests(|r| {
+                r.cluster() == Some("prod")
+                    && r.service() == Some("tenant-acme")
+                    && r.task_definition() == Some("arn:td:3")
+                    && r.desired_count() == Some(2)
+            })
+            .then_output(updated("arn:td:3"));
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register, &update]
+        );
+        let provider = EcsProvider::with_client(client, config());
+        let op = op(Operation::Update).revert();
+        let ids = provider.revert(&op, &previous(), &failed()).await.unwrap();
+        assert_eq!(ids.ecs_service_arn.as_deref(), Some("arn:svc"));
+        assert_eq!(ids.task_definition_arn.as_deref(), Some("arn:td:3"));
+        assert_eq!(update.num_calls(), 1);
+        assert_eq!(register.num_calls(), 0);
+        assert_eq!(describe_td.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn revert_without_a_previous_revision_registers_the_previous_spec() {
+        let describe = mock!(Client::describe_services).then_output(a_service("arn:td:4"));
+        let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+        let register = mock!(Client::register_task_definition).then_output(registered);
+        let update = mock!(Client::update_service)
+            .match_requests(|r| {
+                r.task_definition() == Some("arn:td:1") && r.desired_count() == Some(2)
+            })
+            .then_output(updated("arn:td:1"));
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register, &update]
+        );
+        let provider = EcsProvider::with_client(client, config());
+        let previous = CurrentState {
+            resource_ids: ResourceIds::default(),
+            ..previous()
+        };
+        let ids = provider
+            .revert(&op(Operation::Update).revert(), &previous, &failed())
+            .await
+            .unwrap();
+        assert_eq!(ids.task_definition_arn.as_deref(), Some("arn:td:1"));
+        assert_eq!(register.num_calls(), 1);
+        assert_eq!(update.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn revert_of_a_missing_service_is_not_found() {
+        let describe = mock!(Client::describe_services).then_output(no_service);
+        let update = mock!(Client::update_service).then_output(updated("arn:td:3"));
+        let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe, &update]);
+        let provider = EcsProvider::with_client(client, config());
+        let e = provider
+            .revert(&op(Operation::Update).revert(), &previous(), &failed())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+        assert_eq!(e.provider_code.as_deref(), Some("ServiceNotFoundException"));
+        assert_eq!(update.num_calls(), 0);
+    }
+
+    fn invalid_parameter() -> CreateServiceError {
+        CreateServiceError::InvalidParameterException(
+            InvalidParameterException::builder()
+                .message("bad subnet")
+                .build(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_create_that_fails_for_good_deregisters_the_revision_it_registered() {
+        for deregister_fails in [false, true] {
+            let describe = mock!(Client::describe_services).then_output(no_service);
+            let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+            let register = mock!(Client::register_task_definition).then_output(registered);
+            let create = mock!(Client::create_service).then_error(invalid_parameter);
+            let deregister = if deregister_fails {
+                mock!(Client::deregister_task_definition)
+                    .match_requests(|r| r.task_definition() == Some("arn:td:1"))
+                    .then_error(|| {
+                        DeregisterTaskDefinitionError::ServerException(
+                            ServerException::builder().message("boom").build(),
+                        )
+                    })
+            } else {
+                mock!(Client::deregister_task_definition)
+                    .match_requests(|r| r.task_definition() == Some("arn:td:1"))
+                    .then_output(|| DeregisterTaskDefinitionOutput::builder().build())
+            };
+            let client = mock_client!(
+                aws_sdk_ecs,
+                RuleMode::MatchAny,
+                [&describe, &describe_td, &register, &create, &deregister]
+            );
+            let provider = EcsProvider::with_client(client, config());
+            let e = provider
+                .provision(&op(Operation::Provision), &spec())
+                .await
+                .unwrap_err();
+            // The create's error, whether or not the deregister went through.
+            assert_eq!(e.code, ErrorCode::InvalidConfiguration, "{e:?}");
+            assert_eq!(
+                e.provider_code.as_deref(),
+                Some("InvalidParameterException")
+            );
+            assert_eq!(
+                deregister.num_calls(),
+                1,
+                "deregister fails: {deregister_fails}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retriable_create_failure_keeps_the_revision_for_the_retry() {
+        let describe = mock!(Client::describe_services).then_output(no_service);
+        let describe_td = mock!(Client::describe_task_definition).then_error(family_missing);
+        let register = mock!(Client::register_task_definition).then_output(registered);
+        let create = mock!(Client::create_service).then_error(|| {
+            CreateServiceError::ServerException(ServerException::builder().message("boom").build())
+        });
+        let deregister = mock!(Client::deregister_task_definition)
+            .then_output(|| DeregisterTaskDefinitionOutput::builder().build());
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register, &create, &deregister]
+        );
+        let provider = EcsProvider::with_client(client, config());
+        let e = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::ProviderTemporarilyUnavailable, "{e:?}");
+        assert!(e.retriable);
+        assert_eq!(register.num_calls(), 1);
+        assert_eq!(deregister.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_keeps_a_revision_it_did_not_register() {
+        let hash = render::render(&config(), &spec()).unwrap().hash;
+        let describe = mock!(Client::describe_services).then_output(no_service);
+        let describe_td = mock!(Client::describe_task_definition).then_output(move || {
+            DescribeTaskDefinitionOutput::builder()
+                .task_definition(
+                    TaskDefinition::builder()
+                        .task_definition_arn("arn:td:7")
+                        .status(TaskDefinitionStatus::Active)
+                        .build(),
+                )
+                .tags(
+                    Tag::builder()
+                        .key(render::SPEC_HASH_TAG)
+                        .value(&hash)
+                        .build(),
+                )
+                .build()
+        });
+        let register = mock!(Client::register_task_definition).then_output(registered);
+        let create = mock!(Client::create_service)
+            .match_requests(|r| r.task_definition() == Some("arn:td:7"))
+            .then_error(invalid_parameter);
+        let deregister = mock!(Client::deregister_task_definition)
+            .then_output(|| DeregisterTaskDefinitionOutput::builder().build());
+        let client = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&describe, &describe_td, &register, &create, &deregister]
+        );
+        let provider = EcsProvider::with_client(client, config());
+        let e = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfiguration, "{e:?}");
+        assert_eq!(create.num_calls(), 1);
+        assert_eq!(register.num_calls(), 0);
+        assert_eq!(deregister.num_calls(), 0);
     }
 
     /// A TCP server that accepts connections and never answers; its address.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::naming::PROVIDER;
 use crate::{
-    error::{ComputeError, ErrorCode, Result},
+    error::{ComputeError, ErrorCode, PartialResult, Result},
     provider::kit,
 };
 
@@ -130,6 +130,44 @@ pub fn classify_status(
     if !message.is_empty() {
         e = e.with_root_cause(message);
     }
+    e
+}
+
+/// What a failed Service step (its apply, or the delete of a stale one) means once the
+/// Deployment beside it was applied: the operation is partly done, and `partial` says which
+/// part. `err` is the step's error as [`classify`] made it under `what`.
+///
+/// A failure that may pass (a 5xx, throttling, a lost connection) keeps its code and stays
+/// retriable: a retry renders the same Deployment, whose server-side apply is a no-op, so
+/// only the Service is really applied again. Any other failure becomes `PARTIAL_FAILURE`,
+/// which an operator must look at.
+pub(super) fn service_failed_after_deployment(
+    ns: &str,
+    name: &str,
+    what: &str,
+    err: ComputeError,
+) -> ComputeError {
+    let reason = err
+        .message
+        .strip_prefix(what)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(&err.message)
+        .to_string();
+    let partial = PartialResult {
+        succeeded: vec![format!("deployment {ns}/{name}")],
+        failed: vec![format!("service {ns}/{name}: {reason}")],
+    };
+    if err.retriable {
+        return err.with_partial(partial);
+    }
+    let mut e = ComputeError::new(
+        ErrorCode::PartialFailure,
+        format!("the Deployment {ns}/{name} was applied but its Service was not: {reason}"),
+    )
+    .with_provider(PROVIDER, err.provider_code.as_deref())
+    .with_provider_request_id(err.provider_request_id.as_deref())
+    .with_partial(partial);
+    e.root_cause = err.root_cause;
     e
 }
 
@@ -308,6 +346,66 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::ProviderTemporarilyUnavailable, "{err}");
         assert!(err.retriable);
+    }
+
+    /// A Service that fails beside an applied Deployment: both parts are named, a passing
+    /// failure stays retriable (with its delay), any other needs an operator.
+    #[test]
+    fn a_service_failure_beside_an_applied_deployment_names_both_parts() {
+        let what = "applying the Service";
+        let unavailable = classify_status(
+            what,
+            503,
+            "ServiceUnavailable",
+            "the server is shutting down",
+            Some(&StatusDetails {
+                name: "tenant-acme".into(),
+                group: String::new(),
+                kind: "services".into(),
+                uid: String::new(),
+                causes: Vec::new(),
+                retry_after_seconds: 3,
+            }),
+        );
+        let e = service_failed_after_deployment("default", "tenant-acme", what, unavailable);
+        assert_eq!(e.code, ErrorCode::ProviderTemporarilyUnavailable);
+        assert!(e.retriable);
+        assert_eq!(e.retry_after_ms, Some(3000));
+        let partial = e.partial.unwrap();
+        assert_eq!(partial.succeeded, ["deployment default/tenant-acme"]);
+        assert_eq!(
+            partial.failed,
+            [
+                "service default/tenant-acme: the Kubernetes API failed (HTTP 503 ServiceUnavailable)"
+            ]
+        );
+
+        let forbidden = classify_status(
+            what,
+            403,
+            "Forbidden",
+            "services is forbidden: User \"x\" cannot patch",
+            None,
+        );
+        let e = service_failed_after_deployment("default", "tenant-acme", what, forbidden);
+        assert_eq!(e.code, ErrorCode::PartialFailure);
+        assert_eq!(
+            e.classification,
+            crate::error::Classification::RequiresManualIntervention
+        );
+        assert!(!e.retriable);
+        assert_eq!(e.provider.as_deref(), Some("kubernetes"));
+        assert_eq!(e.provider_code.as_deref(), Some("Forbidden"));
+        assert!(e.root_cause.unwrap().contains("cannot patch"));
+        let partial = e.partial.unwrap();
+        assert_eq!(partial.succeeded, ["deployment default/tenant-acme"]);
+        assert_eq!(partial.failed.len(), 1);
+        assert!(
+            partial.failed[0].starts_with(
+                "service default/tenant-acme: the worker's Kubernetes identity may not do this"
+            ),
+            "{partial:?}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     config::KubernetesConfig,
-    errors::{classify, ok_if_gone},
+    errors::{classify, ok_if_gone, service_failed_after_deployment},
     naming::{
         self, EXECUTION_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, PROVIDER, TENANT_LABEL,
         has_tenant, object_name,
@@ -145,6 +145,11 @@ impl KubernetesProvider {
     }
 
     /// Applies the tenant's objects (namespace, Deployment, Service) as `spec` asks.
+    ///
+    /// Every object is applied on every call, a retry's too: rendering is pure, so a retry of
+    /// the same execution sends the Deployment it sent before, which server-side apply takes
+    /// as a no-op (no new generation, no rollout), and only what failed changes. A Service
+    /// step that fails once the Deployment is applied names both parts in `partial`.
     async fn apply(&self, op: &OperationContext, spec: &ComputeSpec) -> Result<Deployment> {
         // Again here: a request recorded before the rules tightened must not apply either.
         Self::check_metadata(&op.metadata)?;
@@ -166,9 +171,16 @@ impl KubernetesProvider {
             .patch(&name, &apply_params(), &Patch::Apply(&deployment))
             .await
             .map_err(|e| classify("applying the Deployment", &e))?;
+        tracing::info!(
+            namespace = %ns,
+            deployment = %name,
+            generation = applied.metadata.generation.unwrap_or_default(),
+            "Applied the tenant's Deployment."
+        );
         let services = Api::<Service>::namespaced(self.client.clone(), &ns);
         match spec.port {
             Some(port) => {
+                const WHAT: &str = "applying the Service";
                 services
                     .patch(
                         &name,
@@ -176,19 +188,16 @@ impl KubernetesProvider {
                         &Patch::Apply(&render::service(&self.config, op, port)),
                     )
                     .await
-                    .map_err(|e| classify("applying the Service", &e))?;
+                    .map_err(|e| {
+                        service_failed_after_deployment(&ns, &name, WHAT, classify(WHAT, &e))
+                    })?;
             }
-            None => ok_if_gone(
-                services.delete(&name, &DeleteParams::default()).await,
-                "deleting the Service",
-            )?,
+            None => {
+                const WHAT: &str = "deleting the Service";
+                ok_if_gone(services.delete(&name, &DeleteParams::default()).await, WHAT)
+                    .map_err(|e| service_failed_after_deployment(&ns, &name, WHAT, e))?
+            }
         }
-        tracing::info!(
-            namespace = %ns,
-            deployment = %name,
-            generation = applied.metadata.generation.unwrap_or_default(),
-            "Applied the tenant's Deployment."
-        );
         Ok(applied)
     }
 
@@ -544,6 +553,138 @@ mod tests {
             .await
             .unwrap();
         server.await.unwrap();
+    }
+
+    /// The Deployment is applied and its Service is not: the failure names both parts, and the
+    /// retry sends the very Deployment the first attempt sent (server-side apply takes it as
+    /// a no-op, so nothing rolls out again) before it applies the Service.
+    #[tokio::test]
+    async fn a_service_failure_after_the_deployment_is_partial_and_a_retry_rolls_nothing() {
+        let deployment_ok = || Exchange {
+            method: Method::PATCH,
+            path: DEPLOYMENT,
+            status: 200,
+            body: applied_deployment(2),
+        };
+        let service_answer = |status: u16, body: Value| Exchange {
+            method: Method::PATCH,
+            path: SERVICE,
+            status,
+            body,
+        };
+        let refused = api_status(
+            422,
+            "Invalid",
+            "Service \"tenant-acme\" is invalid",
+            json!({"kind": "services", "causes": [{"reason": "FieldValueInvalid",
+                "message": "Invalid value: 8080: provided port is already allocated",
+                "field": "spec.ports[0].nodePort"}]}),
+        );
+        let (provider, server) = mock_provider(vec![deployment_ok(), service_answer(422, refused)]);
+        let err = provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap_err();
+        let first = server.await.unwrap();
+        assert_eq!(err.code, ErrorCode::PartialFailure, "{err}");
+        assert!(!err.retriable);
+        let partial = err.partial.unwrap();
+        assert_eq!(partial.succeeded, ["deployment default/tenant-acme"]);
+        assert_eq!(
+            partial.failed,
+            [
+                "service default/tenant-acme: Kubernetes refused the object: \
+              spec.ports[0].nodePort: Invalid value: 8080: provided port is already allocated"
+            ]
+        );
+
+        // A Service failure that may pass stays retriable, with the parts attached; an update
+        // applies the same way.
+        let (provider, server) = mock_provider(vec![
+            Exchange {
+                method: Method::GET,
+                path: DEPLOYMENT,
+                status: 200,
+                body: applied_deployment(2),
+            },
+            deployment_ok(),
+            service_answer(
+                503,
+                api_status(503, "ServiceUnavailable", "etcd is down", json!({})),
+            ),
+        ]);
+        let err = provider
+            .update(&op(Operation::Update), &CurrentState::default(), &spec())
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert_eq!(err.code, ErrorCode::ProviderTemporarilyUnavailable, "{err}");
+        assert!(err.retriable);
+        assert_eq!(
+            err.partial.unwrap().succeeded,
+            ["deployment default/tenant-acme"]
+        );
+
+        // The retry of the provision.
+        let (provider, server) = mock_provider(vec![
+            deployment_ok(),
+            service_answer(
+                201,
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tenant-acme"}}),
+            ),
+        ]);
+        provider
+            .provision(&op(Operation::Provision), &spec())
+            .await
+            .unwrap();
+        let retry = server.await.unwrap();
+        assert_eq!(
+            retry[0], first[0],
+            "the retry changed the Deployment it applies"
+        );
+        assert_eq!(retry[1]["kind"], "Service");
+    }
+
+    /// Removing a stale Service is a Service step too: its failure is partial like an apply's.
+    #[tokio::test]
+    async fn a_failed_delete_of_a_stale_service_is_partial() {
+        let (provider, server) = mock_provider(vec![
+            Exchange {
+                method: Method::PATCH,
+                path: DEPLOYMENT,
+                status: 200,
+                body: applied_deployment(2),
+            },
+            Exchange {
+                method: Method::DELETE,
+                path: SERVICE,
+                status: 403,
+                body: api_status(
+                    403,
+                    "Forbidden",
+                    "services \"tenant-acme\" is forbidden: User \"x\" cannot delete",
+                    json!({"kind": "services"}),
+                ),
+            },
+        ]);
+        let spec = ComputeSpec {
+            port: None,
+            ..spec()
+        };
+        let err = provider
+            .provision(&op(Operation::Provision), &spec)
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert_eq!(err.code, ErrorCode::PartialFailure, "{err}");
+        let partial = err.partial.unwrap();
+        assert_eq!(partial.succeeded, ["deployment default/tenant-acme"]);
+        assert!(
+            partial.failed[0].starts_with(
+                "service default/tenant-acme: the worker's Kubernetes identity may not do this"
+            ),
+            "{partial:?}"
+        );
     }
 
     #[tokio::test]

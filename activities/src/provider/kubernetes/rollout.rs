@@ -1,14 +1,21 @@
 //! Judging a provision's or update's rollout from what the watches hold: the Deployment, the
-//! ReplicaSet of its current revision and that ReplicaSet's pods become an [`Observation`],
-//! and a pod that cannot start fails the operation with the code of its reason.
+//! ReplicaSet that runs its pod template and that ReplicaSet's pods become an
+//! [`Observation`], and a pod that cannot start fails the operation with the code of its
+//! reason.
+//!
+//! The ReplicaSet is found by template, as the Deployment controller finds it, not by the
+//! revision annotation: a revert to a template that still has a ReplicaSet re-uses it, and
+//! for one sync of the controller the Deployment's status already describes the re-used
+//! ReplicaSet while its revision annotation still names the failed one. Judged by revision,
+//! that window would blame the failed ReplicaSet's pods (`ImagePullBackOff`) on the revert.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    core::v1::Pod,
+    core::v1::{Pod, PodTemplateSpec},
 };
-use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, runtime::reflector::ObjectRef};
 
 use super::{
     naming::{EXECUTION_ANNOTATION, PROVIDER, REVISION_ANNOTATION, owned_by},
@@ -119,6 +126,58 @@ fn pod_failure(pod: &Pod) -> Option<(PodFailure, String)> {
     None
 }
 
+/// The label the Deployment controller adds to a ReplicaSet's template (and its pods).
+const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+fn revision_of<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()?
+        .get(REVISION_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether a ReplicaSet's template is `template` but for the hash label the controller adds
+/// (the controller's own `EqualIgnoreHash`).
+fn same_template(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
+    let Some(mut theirs) = rs.spec.as_ref().and_then(|s| s.template.clone()) else {
+        return false;
+    };
+    if let Some(labels) = theirs.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
+    }
+    let mut ours = template.clone();
+    if let Some(labels) = ours.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
+    }
+    theirs == ours
+}
+
+/// The ReplicaSet that runs the Deployment's pod template, chosen as the controller chooses
+/// it (`FindNewReplicaSet`): the oldest of the Deployment's ReplicaSets whose template is the
+/// Deployment's, whatever revision it carries.
+fn current_replica_set<'a>(
+    dep: &Deployment,
+    replica_sets: &'a [Arc<ReplicaSet>],
+) -> Option<&'a ReplicaSet> {
+    let ns = dep.metadata.namespace.as_deref();
+    let uid = dep.metadata.uid.as_deref()?;
+    let template = &dep.spec.as_ref()?.template;
+    replica_sets
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|rs| {
+            rs.metadata.namespace.as_deref() == ns
+                && rs.metadata.deletion_timestamp.is_none()
+                && owned_by(*rs, uid)
+                && same_template(rs, template)
+        })
+        .min_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name)
+                .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        })
+}
+
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -156,24 +215,10 @@ fn rollout_observation(
             "waiting for the controller to see generation {generation} of {ns}/{name}"
         ));
     }
-    // The current ReplicaSet carries the Deployment's revision.
-    let revision = dep
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(REVISION_ANNOTATION));
-    let uid = dep.metadata.uid.clone().unwrap_or_default();
-    let current_rs = replica_sets.iter().find(|rs| {
-        rs.metadata.namespace.as_deref() == Some(ns.as_str())
-            && owned_by(rs.as_ref(), &uid)
-            && revision.is_some()
-            && rs
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REVISION_ANNOTATION))
-                == revision
-    });
+    // The ReplicaSet of the template applied, not of the revision annotation (see the module
+    // header): until the watches hold it, there is nothing of this rollout to judge yet.
+    let current_rs = current_replica_set(dep, replica_sets);
+    let rs_name = current_rs.and_then(|rs| rs.metadata.name.clone());
     let rs_uid = current_rs.and_then(|rs| rs.metadata.uid.clone());
     let mut current_pods: Vec<&Pod> = pods
         .iter()
@@ -209,8 +254,11 @@ fn rollout_observation(
                 )
                 .with_provider(PROVIDER, Some("PartialRollout"))
                 .with_partial(PartialResult {
-                    succeeded: ready_pods,
-                    failed: failures.iter().map(|(p, _, _)| p.clone()).collect(),
+                    succeeded: ready_pods.iter().map(|p| format!("pod {p}")).collect(),
+                    failed: failures
+                        .iter()
+                        .map(|(p, _, detail)| format!("pod {p}: {detail}"))
+                        .collect(),
                 }),
             );
         }
@@ -240,8 +288,16 @@ fn rollout_observation(
             .find(|c| c.type_ == type_)
             .cloned()
     };
+    // NB: a timed-out Progressing condition outlives the rollout it timed out: a revert that
+    // re-uses an older ReplicaSet inherits the failed one's `ProgressDeadlineExceeded` until
+    // the controller sees progress. The controller names the ReplicaSet in the message; only
+    // a deadline of this template's ReplicaSet fails this rollout.
     if let Some(c) = condition("Progressing")
         && c.status == "False"
+        && rs_name
+            .as_deref()
+            .zip(c.message.as_deref())
+            .is_some_and(|(rs, message)| message.contains(&format!("\"{rs}\"")))
     {
         return Observation::Failed(
             ComputeError::new(
@@ -261,7 +317,13 @@ fn rollout_observation(
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
     let ready_current = current_pods.iter().filter(|p| pod_ready(p)).count() as i32;
+    // The controller records the re-used ReplicaSet's revision on the Deployment one sync
+    // after it counts its replicas: done only once both agree.
+    let revision_recorded = current_rs
+        .and_then(revision_of)
+        .is_some_and(|r| revision_of(dep) == Some(r));
     if available
+        && revision_recorded
         && updated == desired
         && ready == desired
         && total == desired
@@ -270,7 +332,7 @@ fn rollout_observation(
         let ids = ResourceIds {
             k8s_namespace: Some(ns),
             k8s_deployment: Some(name),
-            k8s_replica_set: current_rs.and_then(|rs| rs.metadata.name.clone()),
+            k8s_replica_set: rs_name,
             pod_names: current_pods.iter().map(|p| pod_name(p)).collect(),
             container_ids: current_pods
                 .iter()
@@ -293,9 +355,10 @@ mod tests {
 
     use k8s_openapi::{
         api::{
-            apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus},
+            apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus, ReplicaSetSpec},
             core::v1::{
-                ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+                Container, ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition,
+                PodSpec, PodStatus,
             },
         },
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -303,6 +366,31 @@ mod tests {
 
     use super::super::naming::CONTAINER;
     use super::*;
+
+    /// The image of the template the Deployment of [`dep`] asks for.
+    const NEW: &str = "nginx:1.27";
+    /// The image of the template before it.
+    const OLD: &str = "nginx:1.25";
+
+    fn template(image: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(BTreeMap::from([(
+                    "compute-worker/tenant".into(),
+                    "acme".into(),
+                )])),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: CONTAINER.into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
 
     fn dep(generation: i64, observed: i64, ready: i32, available: bool) -> Deployment {
         Deployment {
@@ -316,6 +404,7 @@ mod tests {
             },
             spec: Some(DeploymentSpec {
                 replicas: Some(2),
+                template: template(NEW),
                 ..Default::default()
             }),
             status: Some(DeploymentStatus {
@@ -334,7 +423,13 @@ mod tests {
         }
     }
 
-    fn rs(name: &str, uid: &str, revision: &str) -> Arc<ReplicaSet> {
+    /// A ReplicaSet of the Deployment running `image`, its template marked with its hash as
+    /// the controller marks it.
+    fn rs(name: &str, uid: &str, revision: &str, image: &str) -> Arc<ReplicaSet> {
+        let mut template = template(image);
+        if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.insert(POD_TEMPLATE_HASH_LABEL.into(), format!("hash-{uid}"));
+        }
         Arc::new(ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -350,7 +445,11 @@ mod tests {
                 }]),
                 ..Default::default()
             },
-            ..Default::default()
+            spec: Some(ReplicaSetSpec {
+                template: Some(template),
+                ..Default::default()
+            }),
+            status: None,
         })
     }
 
@@ -392,8 +491,8 @@ mod tests {
     #[test]
     fn success_needs_the_current_generation_and_every_replica_ready() {
         let sets = [
-            rs("tenant-acme-old", "rs-old", "1"),
-            rs("tenant-acme-new", "rs-new", "2"),
+            rs("tenant-acme-old", "rs-old", "1", OLD),
+            rs("tenant-acme-new", "rs-new", "2", NEW),
         ];
         let pods = [
             pod("old-1", "rs-old", true, None),
@@ -426,7 +525,7 @@ mod tests {
 
     #[test]
     fn pod_failures_map_to_codes() {
-        let sets = [rs("tenant-acme-new", "rs-new", "2")];
+        let sets = [rs("tenant-acme-new", "rs-new", "2", NEW)];
         let cases = [
             ("ImagePullBackOff", ErrorCode::InvalidConfiguration),
             ("ErrImagePull", ErrorCode::InvalidConfiguration),
@@ -441,8 +540,8 @@ mod tests {
         }
         // A failing pod of the old ReplicaSet does not fail the new rollout.
         let old = [
-            rs("tenant-acme-old", "rs-old", "1"),
-            rs("tenant-acme-new", "rs-new", "2"),
+            rs("tenant-acme-old", "rs-old", "1", OLD),
+            rs("tenant-acme-new", "rs-new", "2", NEW),
         ];
         let pods = [pod("old-a", "rs-old", false, Some("CrashLoopBackOff"))];
         assert!(matches!(
@@ -458,8 +557,11 @@ mod tests {
             Observation::Failed(e) => {
                 assert_eq!(e.code, ErrorCode::PartialFailure);
                 let partial = e.partial.unwrap();
-                assert_eq!(partial.succeeded, ["new-a"]);
-                assert_eq!(partial.failed, ["new-b"]);
+                assert_eq!(partial.succeeded, ["pod new-a"]);
+                assert_eq!(
+                    partial.failed,
+                    ["pod new-b: ImagePullBackOff: back-off pulling image"]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -478,17 +580,244 @@ mod tests {
         }
         // Progressing=False (the deadline passed) with no pod to blame: a timeout.
         let mut d = dep(3, 3, 0, false);
-        d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
-            type_: "Progressing".into(),
-            status: "False".into(),
-            reason: Some("ProgressDeadlineExceeded".into()),
-            ..Default::default()
-        }]);
+        d.status.as_mut().unwrap().conditions = Some(vec![condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            "ReplicaSet \"tenant-acme-new\" has timed out progressing.",
+        )]);
         match rollout_observation(&d, &sets, &[]) {
             Observation::Failed(e) => {
                 assert_eq!(e.code, ErrorCode::Timeout);
                 assert_eq!(e.provider_code.as_deref(), Some("ProgressDeadlineExceeded"));
             }
+            other => panic!("{other:?}"),
+        }
+        // The deadline of another ReplicaSet (an earlier rollout's) is not this one's.
+        d.status.as_mut().unwrap().conditions = Some(vec![condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            "ReplicaSet \"tenant-acme-old\" has timed out progressing.",
+        )]);
+        assert!(matches!(
+            rollout_observation(&d, &old, &[]),
+            Observation::InProgress(_)
+        ));
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str, message: &str) -> DeploymentCondition {
+        DeploymentCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The Deployment of [`dep`] (2 replicas) at `generation` with the template of `image`, as
+    /// the controller has recorded it so far: the revision annotation, the generation it
+    /// observed, `[replicas, updated, ready]` and the conditions.
+    fn recorded(
+        image: &str,
+        generation: i64,
+        revision: &str,
+        observed: i64,
+        [total, updated, ready]: [i32; 3],
+        conditions: Vec<DeploymentCondition>,
+    ) -> Deployment {
+        let mut d = dep(generation, observed, ready, false);
+        d.metadata.annotations = Some(BTreeMap::from([(
+            REVISION_ANNOTATION.into(),
+            revision.into(),
+        )]));
+        d.spec.as_mut().unwrap().template = template(image);
+        let status = d.status.as_mut().unwrap();
+        status.replicas = Some(total);
+        status.updated_replicas = Some(updated);
+        status.conditions = Some(conditions);
+        d
+    }
+
+    /// After the rollout to template B (`NEW`, revision 2) failed on `ImagePullBackOff` and
+    /// hit its deadline, the revert to template A (`OLD`) is judged on A's ReplicaSet, the
+    /// one the controller re-uses (revision 1, then 3) or a new one: in progress while A's
+    /// pods are not ready, succeeded when they are, and never failed for B's pod or B's
+    /// deadline, though the Deployment's revision annotation names B for a while.
+    #[test]
+    fn a_revert_is_judged_on_the_replica_set_of_the_template_it_went_back_to() {
+        let b_timed_out = || {
+            condition(
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                "ReplicaSet \"tenant-acme-b\" has timed out progressing.",
+            )
+        };
+        let unavailable = || condition("Available", "False", "MinimumReplicasUnavailable", "");
+        let available = || condition("Available", "True", "MinimumReplicasAvailable", "");
+        let b = rs("tenant-acme-b", "rs-b", "2", NEW);
+        let b_pod = pod("b-1", "rs-b", false, Some("ImagePullBackOff"));
+        let a_ready = [
+            pod("a-1", "rs-a", true, None),
+            pod("a-2", "rs-a", true, None),
+        ];
+        // A's second pod was replaced while B rolled out and is still starting.
+        let a_starting = [
+            pod("a-1", "rs-a", true, None),
+            pod("a-2", "rs-a", false, Some("ContainerCreating")),
+        ];
+
+        // The failed rollout itself: B's pod cannot pull its image.
+        let failed = recorded(
+            NEW,
+            2,
+            "2",
+            2,
+            [3, 1, 1],
+            vec![unavailable(), b_timed_out()],
+        );
+        let before = [rs("tenant-acme-a", "rs-a", "1", OLD), b.clone()];
+        let pods = [a_starting[0].clone(), a_starting[1].clone(), b_pod.clone()];
+        match rollout_observation(&failed, &before, &pods) {
+            Observation::Failed(e) => assert_eq!(e.code, ErrorCode::InvalidConfiguration),
+            other => panic!("{other:?}"),
+        }
+
+        // The revert applied template A (generation 3); the controller has not seen it yet.
+        let reverted = |revision, observed, counts, conditions| {
+            recorded(OLD, 3, revision, observed, counts, conditions)
+        };
+        let not_failed = |d: &Deployment, sets: &[Arc<ReplicaSet>], pods: &[Arc<Pod>]| {
+            match rollout_observation(d, sets, pods) {
+                Observation::InProgress(p) => p,
+                other => panic!("{other:?}"),
+            }
+        };
+        not_failed(
+            &reverted("2", 2, [3, 1, 1], vec![unavailable(), b_timed_out()]),
+            &before,
+            &pods,
+        );
+
+        // The controller re-uses A's ReplicaSet and counts it, before (and while) it bumps
+        // that ReplicaSet to revision 3, and before it records revision 3 on the Deployment,
+        // whose deadline condition still names B. A's pods are not all ready: in progress.
+        let after = [rs("tenant-acme-a", "rs-a", "3", OLD), b.clone()];
+        for sets in [&before, &after] {
+            let p = not_failed(
+                &reverted("2", 3, [3, 2, 1], vec![unavailable(), b_timed_out()]),
+                sets,
+                &pods,
+            );
+            assert_eq!((p.ready, p.desired), (Some(1), Some(2)));
+        }
+
+        // A's pods are ready while B's is still there, then B's is gone: still not done while
+        // the Deployment's revision names B.
+        let pods = [a_ready[0].clone(), a_ready[1].clone(), b_pod.clone()];
+        not_failed(
+            &reverted("2", 3, [3, 2, 2], vec![available(), b_timed_out()]),
+            &after,
+            &pods,
+        );
+        not_failed(
+            &reverted("2", 3, [2, 2, 2], vec![available(), b_timed_out()]),
+            &after,
+            &a_ready,
+        );
+
+        // The controller records revision 3: the revert succeeded, on A's ReplicaSet.
+        let a_progressed = condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            "ReplicaSet \"tenant-acme-a\" has successfully progressed.",
+        );
+        match rollout_observation(
+            &reverted("3", 3, [2, 2, 2], vec![available(), a_progressed.clone()]),
+            &after,
+            &a_ready,
+        ) {
+            Observation::Succeeded(ids) => {
+                assert_eq!(ids.k8s_replica_set.as_deref(), Some("tenant-acme-a"));
+                assert_eq!(ids.pod_names, ["a-1", "a-2"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Success does not wait for B's pod to be deleted from the watch: it is not A's.
+        let pods = [a_ready[0].clone(), a_ready[1].clone(), b_pod.clone()];
+        assert!(matches!(
+            rollout_observation(
+                &reverted("3", 3, [2, 2, 2], vec![available(), a_progressed]),
+                &after,
+                &pods,
+            ),
+            Observation::Succeeded(_)
+        ));
+
+        // A's old ReplicaSet is gone (history limit): the controller makes a new one for A,
+        // revision 3, and the revert is judged on it the same way.
+        let c = rs("tenant-acme-c", "rs-c", "3", OLD);
+        let sets = [b.clone(), c];
+        let pods = [
+            pod("c-1", "rs-c", true, None),
+            pod("c-2", "rs-c", false, Some("ContainerCreating")),
+            b_pod.clone(),
+        ];
+        not_failed(
+            &reverted("3", 3, [3, 2, 1], vec![unavailable(), b_timed_out()]),
+            &sets,
+            &pods,
+        );
+        let pods = [
+            pod("c-1", "rs-c", true, None),
+            pod("c-2", "rs-c", true, None),
+        ];
+        match rollout_observation(
+            &reverted("3", 3, [2, 2, 2], vec![available()]),
+            &sets,
+            &pods,
+        ) {
+            Observation::Succeeded(ids) => {
+                assert_eq!(ids.k8s_replica_set.as_deref(), Some("tenant-acme-c"));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A's own failures do fail the revert: a crashing pod of A, or A's own deadline.
+        let pods = [
+            pod("a-1", "rs-a", true, None),
+            pod("a-2", "rs-a", false, Some("CrashLoopBackOff")),
+            b_pod,
+        ];
+        match rollout_observation(
+            &reverted("2", 3, [3, 2, 1], vec![unavailable(), b_timed_out()]),
+            &after,
+            &pods,
+        ) {
+            Observation::Failed(e) => {
+                assert_eq!(e.code, ErrorCode::PartialFailure);
+                let partial = e.partial.unwrap();
+                assert_eq!(partial.succeeded, ["pod a-1"]);
+                assert_eq!(partial.failed.len(), 1);
+                assert!(partial.failed[0].starts_with("pod a-2: CrashLoopBackOff"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let a_timed_out = condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            "ReplicaSet \"tenant-acme-a\" has timed out progressing.",
+        );
+        match rollout_observation(
+            &reverted("3", 3, [2, 2, 1], vec![unavailable(), a_timed_out]),
+            &after,
+            &a_starting,
+        ) {
+            Observation::Failed(e) => assert_eq!(e.code, ErrorCode::Timeout),
             other => panic!("{other:?}"),
         }
     }

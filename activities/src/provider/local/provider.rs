@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::cgroup::check_cgroup_parent;
 use super::config::LocalConfig;
+use super::record::ProcessIdentity;
 use super::containment::{RunAs, run_as_user};
 use super::errors::{PROVIDER, config_error, io_internal, local_error, missing_command};
 use super::naming::{WORK_DIR, check_tenant_id};
@@ -169,6 +170,31 @@ impl ComputeProvider for LocalProvider {
         self.stop_tenant(record.as_ref(), &current.resource_ids)
             .await?;
         Ok(self.spawn(op, desired, env).await?.resource_ids())
+    }
+
+    async fn revert(
+        &self,
+        op: &OperationContext,
+        previous: &CurrentState,
+        failed: &ResourceIds,
+    ) -> Result<ResourceIds> {
+        // The update may have failed before it stopped the last good process (a secret it
+        // could not read): that process is the revert.
+        if let Some(identity) = ProcessIdentity::from_ids(&previous.resource_ids)
+            && identity.is_live()
+        {
+            return Ok(previous.resource_ids.clone());
+        }
+        let Some(spec) = previous.spec.as_ref() else {
+            return Err(ComputeError::internal(
+                "nothing to revert to: the tenant has no last good spec",
+            ));
+        };
+        let current = CurrentState {
+            spec: None,
+            resource_ids: failed.clone(),
+        };
+        self.update(op, &current, spec).await
     }
 
     async fn delete(&self, op: &OperationContext, current: &CurrentState) -> Result<ResourceIds> {
