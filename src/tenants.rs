@@ -34,7 +34,11 @@ fn tenant_id(tenant: &str) -> anyhow::Result<()> {
     validate::check_tenant_id("TENANT", tenant).map_err(|e| anyhow!("{}", e.message))
 }
 
-async fn list(store: &dyn ExecutionStore, state: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+async fn list(
+    store: &dyn ExecutionStore,
+    state: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let state = match state {
         None => None,
         Some(s) => match TenantState::parse(s) {
@@ -91,7 +95,11 @@ async fn list(store: &dyn ExecutionStore, state: Option<&str>, as_json: bool) ->
 
 async fn show(store: &dyn ExecutionStore, tenant: &str, as_json: bool) -> anyhow::Result<()> {
     tenant_id(tenant)?;
-    let compute = match store.get_tenant(tenant).await.context("reading the tenant")? {
+    let compute = match store
+        .get_tenant(tenant)
+        .await
+        .context("reading the tenant")?
+    {
         Some(t) => t.to_compute(),
         None => TenantCompute::absent(tenant),
     };
@@ -122,11 +130,18 @@ async fn show(store: &dyn ExecutionStore, tenant: &str, as_json: bool) -> anyhow
             .transpose()?
             .unwrap_or_else(|| "(none)".into())
     );
-    println!("resources:   {}", serde_json::to_string(&compute.resource_ids)?);
+    println!(
+        "resources:   {}",
+        serde_json::to_string(&compute.resource_ids)?
+    );
     match &compute.requires_intervention {
         Some(m) => println!(
             "mark:        {}: {} (execution {}, at {}); `compute-worker tenant clear {}` clears it",
-            m.code, m.message, m.execution_id, m.at.to_rfc3339(), compute.tenant_id
+            m.code,
+            m.message,
+            m.execution_id,
+            m.at.to_rfc3339(),
+            compute.tenant_id
         ),
         None => println!("mark:        (none)"),
     }
@@ -152,7 +167,10 @@ async fn show(store: &dyn ExecutionStore, tenant: &str, as_json: bool) -> anyhow
 async fn clear(store: &dyn ExecutionStore, tenant: &str) -> anyhow::Result<()> {
     tenant_id(tenant)?;
     let user = std::env::var("USER").unwrap_or_else(|_| "an operator".into());
-    let before = store.get_tenant(tenant).await.context("reading the tenant")?;
+    let before = store
+        .get_tenant(tenant)
+        .await
+        .context("reading the tenant")?;
     let Some(before) = before else {
         bail!("tenant {tenant} is not recorded in this store");
     };

@@ -727,7 +727,10 @@ pub fn tenant_list_query(input: &Value) -> Result<TenantListQuery> {
         None => None,
         Some(s) => match TenantState::parse(s) {
             Some(TenantState::Absent) => {
-                return Err(invalid("state", "absent tenants are not recorded, so never listed"));
+                return Err(invalid(
+                    "state",
+                    "absent tenants are not recorded, so never listed",
+                ));
             }
             Some(state) => Some(state),
             None => {
@@ -748,7 +751,10 @@ pub fn tenant_list_query(input: &Value) -> Result<TenantListQuery> {
             // The token is the last tenant id of the previous page: anything else is not one
             // we handed out.
             if !is_dns1123_label(token) {
-                return Err(invalid("pageToken", "must be a nextPageToken from an earlier page"));
+                return Err(invalid(
+                    "pageToken",
+                    "must be a nextPageToken from an earlier page",
+                ));
             }
             Some(token.to_string())
         }
@@ -790,7 +796,10 @@ mod tests {
     #[test]
     fn tenant_list_queries_and_cancel_requests_are_checked() {
         let q = tenant_list_query(&json!({})).unwrap();
-        assert_eq!((q.state, q.page_size, q.after), (None, DEFAULT_TENANT_PAGE, None));
+        assert_eq!(
+            (q.state, q.page_size, q.after),
+            (None, DEFAULT_TENANT_PAGE, None)
+        );
         let q = tenant_list_query(&json!({"state": "running", "pageSize": 2, "pageToken": "acme"}))
             .unwrap();
         assert_eq!(q.state, Some(TenantState::Running));

@@ -72,8 +72,14 @@ async fn a_failed_update_keeps_the_last_good_spec_running_and_marks_the_tenant()
     let pid = live_pid(good);
     // The caller's view shows the mark.
     let view = query_status(&client, "lc-revert-2").await;
-    assert_eq!(view["requiresIntervention"]["code"], "WORKLOAD_FAILED", "{view}");
-    assert_eq!(view["requiresIntervention"]["executionId"], failed_execution);
+    assert_eq!(
+        view["requiresIntervention"]["code"], "WORKLOAD_FAILED",
+        "{view}"
+    );
+    assert_eq!(
+        view["requiresIntervention"]["executionId"],
+        failed_execution
+    );
 
     // GetTenantCompute, by name from Python: running the last good spec, on the live process.
     let calls = worker.python_calls(json!([
@@ -95,18 +101,31 @@ async fn a_failed_update_keeps_the_last_good_spec_running_and_marks_the_tenant()
     let absent = result(&calls, 1);
     assert_eq!(absent["state"], "absent");
     assert_eq!(absent["spec"], Value::Null);
-    assert_eq!(calls[2]["error"]["type"], "INVALID_CONFIGURATION", "{}", calls[2]);
+    assert_eq!(
+        calls[2]["error"]["type"], "INVALID_CONFIGURATION",
+        "{}",
+        calls[2]
+    );
 
     // The operator sees the mark, and clears it; the clearing is in the history.
     let db = worker.database_url();
-    let shown: Value = serde_json::from_str(&tenant_cli(&db, &["show", "lc-revert", "--json"]))
-        .unwrap();
-    assert_eq!(shown["tenant"]["requiresIntervention"]["code"], "WORKLOAD_FAILED");
+    let shown: Value =
+        serde_json::from_str(&tenant_cli(&db, &["show", "lc-revert", "--json"])).unwrap();
+    assert_eq!(
+        shown["tenant"]["requiresIntervention"]["code"],
+        "WORKLOAD_FAILED"
+    );
     assert_eq!(shown["executions"].as_array().unwrap().len(), 2);
     let text = tenant_cli(&db, &["show", "lc-revert"]);
-    assert!(text.contains("WORKLOAD_FAILED") && text.contains("tenant clear"), "{text}");
+    assert!(
+        text.contains("WORKLOAD_FAILED") && text.contains("tenant clear"),
+        "{text}"
+    );
     let listed = tenant_cli(&db, &["list", "--state", "running"]);
-    assert!(listed.contains("lc-revert") && listed.contains("WORKLOAD_FAILED"), "{listed}");
+    assert!(
+        listed.contains("lc-revert") && listed.contains("WORKLOAD_FAILED"),
+        "{listed}"
+    );
     let cleared = tenant_cli(&db, &["clear", "lc-revert"]);
     assert!(cleared.contains("cleared"), "{cleared}");
     let calls = worker.python_calls(json!([
@@ -120,10 +139,7 @@ async fn a_failed_update_keeps_the_last_good_spec_running_and_marks_the_tenant()
         .iter()
         .filter_map(|h| h["message"].as_str())
         .collect();
-    assert!(
-        notes.iter().any(|n| n.contains("cleared by")),
-        "{notes:?}"
-    );
+    assert!(notes.iter().any(|n| n.contains("cleared by")), "{notes:?}");
 
     // Marked again, the next success clears the mark and applies its spec.
     let update = json!({"operation": "update",
@@ -144,7 +160,10 @@ async fn a_failed_update_keeps_the_last_good_spec_running_and_marks_the_tenant()
     ]));
     let tenant = result(&calls, 0);
     assert_eq!(tenant["requiresIntervention"], Value::Null, "{tenant}");
-    assert_eq!((tenant["revision"].as_u64(), &tenant["spec"]["args"]), (Some(2), &json!([better])));
+    assert_eq!(
+        (tenant["revision"].as_u64(), &tenant["spec"]["args"]),
+        (Some(2), &json!([better]))
+    );
     assert_eq!(tenant["resourceIds"]["pid"], live_pid(better));
     assert!(processes_with(good).is_empty());
 }
@@ -188,12 +207,23 @@ async fn running_operations_are_cancelled_and_undone() {
     );
     // Idempotent: a finished execution answers unchanged.
     assert_eq!(result(&calls, 1), cancelled);
-    assert!(processes_with(marker).is_empty(), "what the provision started is gone");
+    assert!(
+        processes_with(marker).is_empty(),
+        "what the provision started is gone"
+    );
     let tenant = result(&calls, 2);
     assert_eq!(tenant["state"], "deleted", "{tenant}");
-    assert_eq!(tenant["requiresIntervention"], Value::Null, "an operator's cancel marks nothing");
+    assert_eq!(
+        tenant["requiresIntervention"],
+        Value::Null,
+        "an operator's cancel marks nothing"
+    );
     assert_eq!(calls[3]["error"]["type"], "NOT_FOUND", "{}", calls[3]);
-    assert_eq!(calls[4]["error"]["type"], "INVALID_CONFIGURATION", "{}", calls[4]);
+    assert_eq!(
+        calls[4]["error"]["type"], "INVALID_CONFIGURATION",
+        "{}",
+        calls[4]
+    );
     let heard = caller.join().unwrap();
     let signal = &heard[0]["signals"][0];
     assert_eq!(signal["signal"], "compute-failed", "{}", heard[0]);
@@ -242,7 +272,10 @@ async fn a_cancelled_update_puts_the_old_spec_back() {
     assert_eq!(tenant["spec"]["args"], json!([good]));
     assert_eq!(tenant["resourceIds"]["pid"], live_pid(good));
     assert!(processes_with(new).is_empty());
-    assert_eq!(heard[0]["signals"][0]["callback"]["error"]["code"], "CANCELLED");
+    assert_eq!(
+        heard[0]["signals"][0]["callback"]["error"]["code"],
+        "CANCELLED"
+    );
 }
 
 #[tokio::test]
@@ -275,7 +308,10 @@ async fn a_retry_after_a_failure_keeps_the_execution_id() {
         .iter()
         .filter_map(|h| h["message"].as_str())
         .collect();
-    assert!(notes.iter().any(|n| n.starts_with("attempt 2:")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.starts_with("attempt 2:")),
+        "{notes:?}"
+    );
     let callbacks = view["callbacks"].as_array().unwrap();
     let attempts: Vec<u64> = callbacks
         .iter()
@@ -350,7 +386,10 @@ async fn requests_mean_the_same_whatever_the_tenant_ran() {
     let page = result(&calls, 1);
     assert_eq!(page["tenants"].as_array().unwrap().len(), 1, "{page}");
     let deleted = result(&calls, 2)["tenants"].as_array().unwrap();
-    assert!(deleted.iter().any(|t| t["tenantId"] == "lc-meaning"), "{deleted:?}");
+    assert!(
+        deleted.iter().any(|t| t["tenantId"] == "lc-meaning"),
+        "{deleted:?}"
+    );
     assert_eq!(calls[3]["error"]["type"], "INVALID_CONFIGURATION");
 }
 

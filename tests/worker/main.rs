@@ -7,8 +7,10 @@ mod audit;
 mod callbacks;
 mod deploy;
 mod ecs;
+mod ecs_lifecycle;
 mod faults;
 mod fuzz;
+mod k8s_lifecycle;
 mod kubernetes;
 mod lifecycle;
 mod postgres_tls;
@@ -596,7 +598,8 @@ async fn policies_roll_back_or_abort() {
         TenantState::RequiresManualIntervention
     );
 
-    // A retriable failure is retried as a new execution, up to maxAttempts.
+    // A failure declared `retry` is retried, up to maxAttempts, by re-opening the same
+    // execution (tests/worker/lifecycle.rs shows the attempts).
     let retry = json!({"operation": "provision",
         "request": {"tenantId": "rt", "spec": crash},
         "policy": {"maxAttempts": 2, "initialInterval": "100ms", "onError": {"WORKLOAD_FAILED": "retry"}}});
@@ -605,7 +608,9 @@ async fn policies_roll_back_or_abort() {
         .await
         .failed();
     assert_eq!(code, "WORKLOAD_FAILED");
-    assert_eq!(store.list_executions("rt").await.unwrap().len(), 2);
+    let executions = store.list_executions("rt").await.unwrap();
+    assert_eq!(executions.len(), 1);
+    assert_eq!(executions[0].status.attempt, 2);
     assert_eq!(query_status(&client, "policy-rt").await["attempt"], 2);
 }
 

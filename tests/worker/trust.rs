@@ -558,8 +558,10 @@ async fn sigterm_releases_watches_to_another_worker() {
     let db = postgres_database("trust_term");
     let database = db.url.clone();
     let local = dir.path().join("local");
+    // Long enough that the watches still run when the second worker is up and the first one
+    // is stopped (a worker takes seconds to start on a loaded machine).
     let opts = || WorkerOpts {
-        settle: "6s",
+        settle: "20s",
         ..Default::default()
     };
     let first = spawn_shared_worker(&queue, &database, &local, opts());
@@ -595,7 +597,9 @@ async fn sigterm_releases_watches_to_another_worker() {
     assert!(first.log().contains("watches released"), "{}", first.log());
     assert!(
         second.log().contains("WatchComputeExecution"),
-        "the second worker resumed the watches"
+        "the second worker resumed the watches: {}\n---- first:\n{}",
+        crate::rigs::worker_log_tail(&second.log(), 40),
+        crate::rigs::worker_log_tail(&first.log(), 60)
     );
     eprintln!("first worker stopped in {stopped_in:?}");
 }

@@ -557,14 +557,9 @@ impl TenantComputeWorkflow {
             self.view.duplicate_callbacks_ignored += 1;
             return;
         };
-        if self
-            .view
-            .callbacks
-            .iter()
-            .any(|c| {
-                c.execution_id == cb.execution_id && c.attempt == cb.attempt && c.state == cb.state
-            })
-        {
+        if self.view.callbacks.iter().any(|c| {
+            c.execution_id == cb.execution_id && c.attempt == cb.attempt && c.state == cb.state
+        }) {
             self.view.duplicate_callbacks_ignored += 1;
         } else {
             self.view.callbacks.push(cb);
@@ -601,4 +596,3 @@ impl TenantComputeWorkflow {
         self.view.clone()
     }
 }
-

@@ -384,7 +384,10 @@ mod tests {
             activity::ListExecutions,
         );
         same(ComputeActivities::get_tenant_compute, activity::GetTenant);
-        same(ComputeActivities::list_tenant_compute, activity::ListTenants);
+        same(
+            ComputeActivities::list_tenant_compute,
+            activity::ListTenants,
+        );
         same(
             ComputeActivities::cancel_compute_execution,
             activity::CancelExecution,

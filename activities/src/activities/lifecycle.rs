@@ -51,6 +51,8 @@ impl CancelBell {
 }
 
 /// What putting a tenant back on its last good spec achieved.
+// One lives for the length of a call: not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum PutBack {
     /// Nothing to put back: the tenant has no last good spec (a new tenant's provision), or
@@ -94,7 +96,10 @@ fn context_of(status: &ExecutionStatus) -> OperationContext {
 
 impl ComputeActivities {
     /// `GetTenantCompute`: the tenant as the store knows it; `absent` when it does not.
-    pub(super) async fn tenant_compute(&self, tenant_id: &str) -> Result<TenantCompute, ComputeError> {
+    pub(super) async fn tenant_compute(
+        &self,
+        tenant_id: &str,
+    ) -> Result<TenantCompute, ComputeError> {
         match self.store.get_tenant(tenant_id).await {
             Ok(Some(t)) => Ok(t.to_compute()),
             Ok(None) => Ok(TenantCompute::absent(tenant_id)),
@@ -103,7 +108,10 @@ impl ComputeActivities {
     }
 
     /// `ListTenantCompute`: one page of tenants, by id.
-    pub(super) async fn tenant_page(&self, query: &TenantListQuery) -> Result<TenantPage, ComputeError> {
+    pub(super) async fn tenant_page(
+        &self,
+        query: &TenantListQuery,
+    ) -> Result<TenantPage, ComputeError> {
         list_tenant_page(self.store.as_ref(), query)
             .await
             .map_err(store_err)
@@ -135,12 +143,18 @@ impl ComputeActivities {
         let Some(spec) = tenant.spec.clone() else {
             return PutBack::Nothing;
         };
-        let op = context_of(status).revert();
+        let op = OperationContext {
+            metadata: self.last_good_metadata(&status.tenant_id, &spec).await,
+            ..context_of(status).revert()
+        };
         let previous = CurrentState {
             spec: Some(spec),
             resource_ids: tenant.resource_ids.clone(),
         };
-        tracing::info!(revision = tenant.revision, "Putting the tenant back on its last good spec.");
+        tracing::info!(
+            revision = tenant.revision,
+            "Putting the tenant back on its last good spec."
+        );
         let ids = match self.provider.revert(&op, &previous, failed).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -157,6 +171,32 @@ impl ComputeActivities {
         }
     }
 
+    /// The labels and ownership the tenant's last good spec was applied with (a provider that
+    /// renders them, as Kubernetes does into the pod template, must get them back with the
+    /// spec, or the revert would be a template of its own): those of the latest successful
+    /// provision or update of that spec; none when no such execution is recorded.
+    async fn last_good_metadata(&self, tenant_id: &str, spec: &ComputeSpec) -> Metadata {
+        let hash = store::spec_hash(Some(spec));
+        let executions = match self.store.list_executions(tenant_id).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the tenant's executions: reverting without its metadata.");
+                return Metadata::default();
+            }
+        };
+        executions
+            .iter()
+            .rev()
+            .find(|r| {
+                r.status.state == ExecutionState::Succeeded
+                    && r.status.operation != Operation::Delete
+                    && r.spec_hash == hash
+            })
+            .and_then(|r| r.request.get("metadata"))
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default()
+    }
+
     /// Observes `ids` as `op` until the provider reports them done, heartbeating, for at most
     /// [`SETTLE_LIMIT`].
     pub(super) async fn settle(
@@ -167,7 +207,9 @@ impl ComputeActivities {
     ) -> Result<ResourceIds, String> {
         let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
         loop {
-            let _ = ctx.record_heartbeat(format!("settling {}", op.operation)).await;
+            let _ = ctx
+                .record_heartbeat(format!("settling {}", op.operation))
+                .await;
             match self.provider.observe(op, &ids).await {
                 Ok(Observation::Succeeded(done)) => return Ok(done),
                 Ok(Observation::Failed(e)) => return Err(format!("{}: {}", e.code, e.message)),
@@ -181,7 +223,12 @@ impl ComputeActivities {
                     humantime::format_duration(SETTLE_LIMIT)
                 ));
             }
-            tokio::time::sleep(self.provider.poll_interval().max(Duration::from_millis(200))).await;
+            tokio::time::sleep(
+                self.provider
+                    .poll_interval()
+                    .max(Duration::from_millis(200)),
+            )
+            .await;
         }
     }
 
@@ -236,7 +283,8 @@ impl ComputeActivities {
                 )
             }
             Err(why) => {
-                error.rollback_error = Some(format!("removing what the provision created failed: {why}"));
+                error.rollback_error =
+                    Some(format!("removing what the provision created failed: {why}"));
                 (error, None)
             }
         }
@@ -322,7 +370,9 @@ impl ComputeActivities {
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
         let mut latest = requested.record.status;
         while !latest.state.is_final() && tokio::time::Instant::now() < deadline {
-            let _ = ctx.record_heartbeat("waiting for the undo".to_string()).await;
+            let _ = ctx
+                .record_heartbeat("waiting for the undo".to_string())
+                .await;
             tokio::time::sleep(Duration::from_millis(250)).await;
             if let Ok(Some(r)) = self.store.get_execution(execution_id).await {
                 latest = r.status;

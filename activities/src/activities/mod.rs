@@ -47,8 +47,8 @@ use crate::{
     callback::{Callbacks, Verdict},
     contract::{
         AttemptOutcome, AttemptRecord, CallbackTarget, ComputeCallback, ComputeSpec, DeliveryState,
-        ExecutionHandle, ExecutionState, ExecutionStatus, Metadata, Operation, TemporalCallback,
-        ResourceIds, TenantCompute, TenantPage, TenantState, now,
+        ExecutionHandle, ExecutionState, ExecutionStatus, Metadata, Operation, ResourceIds,
+        TemporalCallback, TenantCompute, TenantPage, TenantState, now,
     },
     error::{ComputeError, ErrorCode},
     input,

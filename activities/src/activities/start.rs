@@ -216,7 +216,10 @@ impl ComputeActivities {
             metadata: req.metadata.clone(),
         };
         // A re-sent request may differ from the one recorded: the recorded one is carried out.
-        let spec = record.spec().or_else(|| req.spec.clone()).unwrap_or_default();
+        let spec = record
+            .spec()
+            .or_else(|| req.spec.clone())
+            .unwrap_or_default();
         let current = previous
             .map(|t| CurrentState {
                 spec: t.spec.clone(),
@@ -229,7 +232,9 @@ impl ComputeActivities {
                     if previous.is_some_and(|t| t.state != TenantState::Deleted)
                         && store::spec_hash(Some(good)) != record.spec_hash =>
                 {
-                    tracing::info!("The tenant runs another spec: provisioning applies this one as an update.");
+                    tracing::info!(
+                        "The tenant runs another spec: provisioning applies this one as an update."
+                    );
                     self.provider.update(&op, &current, &spec).await
                 }
                 _ => self.provider.provision(&op, &spec).await,

@@ -25,7 +25,9 @@ impl ComputeActivities {
         input: WatchInput,
     ) -> Result<ExecutionStatus, ComputeError> {
         let bell = self.cancel_bell.bell(&input.execution_id);
-        let watched = self.watch_until_change(ctx, attempt, input.clone(), &bell).await;
+        let watched = self
+            .watch_until_change(ctx, attempt, input.clone(), &bell)
+            .await;
         self.cancel_bell.forget(&input.execution_id);
         watched
     }

@@ -257,7 +257,7 @@ async fn begin_is_idempotent(store: &dyn ExecutionStore) {
     );
     let tenant = store.get_tenant("retry").await.unwrap().unwrap();
     assert_eq!(tenant.last_execution_id.as_deref(), Some(id.as_str()));
-    assert_eq!(tenant.active_execution_ids, [id.clone()]);
+    assert_eq!(tenant.active_execution_ids, std::slice::from_ref(&id));
     // Sent again while it runs, it attaches to the new attempt.
     let attached = store
         .begin_execution(new_exec("retry", Operation::Provision, None, "1"))
@@ -390,9 +390,13 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         .unwrap();
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
     assert_eq!(tenant.state, TenantState::Provisioning);
-    assert_eq!((tenant.spec.as_ref(), tenant.revision), (None, 0), "nothing applied yet");
+    assert_eq!(
+        (tenant.spec.as_ref(), tenant.revision),
+        (None, 0),
+        "nothing applied yet"
+    );
     let pid = p.record.status.execution_id;
-    assert_eq!(tenant.active_execution_ids, [pid.clone()]);
+    assert_eq!(tenant.active_execution_ids, std::slice::from_ref(&pid));
     let ids = ResourceIds {
         pid: Some(7),
         ..Default::default()
@@ -451,7 +455,11 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
     assert_eq!(tenant.state, TenantState::Running);
     assert_eq!(tenant.resource_ids, reverted);
-    assert_eq!(tenant.spec.as_ref().unwrap().args, ["1"], "the last good spec");
+    assert_eq!(
+        tenant.spec.as_ref().unwrap().args,
+        ["1"],
+        "the last good spec"
+    );
     assert_eq!(tenant.revision, 1);
     let mark = tenant.intervention.clone().unwrap();
     assert_eq!(
@@ -464,10 +472,25 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((cleared.intervention, cleared.state), (None, TenantState::Running));
-    let h = store.get_execution(&uid).await.unwrap().unwrap().status.history;
+    assert_eq!(
+        (cleared.intervention, cleared.state),
+        (None, TenantState::Running)
+    );
+    let h = store
+        .get_execution(&uid)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .history;
     assert_eq!(h.last().unwrap().message.as_deref(), Some("cleared by ops"));
-    assert!(store.clear_intervention("nobody", "x").await.unwrap().is_none());
+    assert!(
+        store
+            .clear_intervention("nobody", "x")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A revert that failed needs an operator, whatever the activity said.
     let u2 = store
@@ -490,7 +513,13 @@ async fn tenant_state_machine(store: &dyn ExecutionStore) {
         .unwrap();
     let tenant = store.get_tenant(t).await.unwrap().unwrap();
     assert_eq!(tenant.state, TenantState::RequiresManualIntervention);
-    assert!(tenant.intervention.unwrap().message.contains("putting the tenant back failed"));
+    assert!(
+        tenant
+            .intervention
+            .unwrap()
+            .message
+            .contains("putting the tenant back failed")
+    );
     // The next success clears the mark and applies its spec.
     let u3 = store
         .begin_execution(new_exec(t, Operation::Update, None, "4"))
@@ -628,13 +657,23 @@ async fn cancel_requests(store: &dyn ExecutionStore) {
         .transition(Transition::to(&id, ExecutionState::Running))
         .await
         .unwrap();
-    let first = store.request_cancel(&id, Some("wrong image")).await.unwrap();
+    let first = store
+        .request_cancel(&id, Some("wrong image"))
+        .await
+        .unwrap();
     assert!(first.applied);
     let request = first.record.cancel_requested.clone().unwrap();
     assert_eq!(request.reason.as_deref(), Some("wrong image"));
     assert_eq!(first.record.status.state, ExecutionState::Running);
     assert_eq!(
-        first.record.status.history.last().unwrap().message.as_deref(),
+        first
+            .record
+            .status
+            .history
+            .last()
+            .unwrap()
+            .message
+            .as_deref(),
         Some("cancel requested: wrong image")
     );
     let second = store.request_cancel(&id, None).await.unwrap();
@@ -740,7 +779,12 @@ async fn documents_round_trip(store: &dyn ExecutionStore) {
         .await
         .unwrap();
     assert_eq!(
-        store.get_tenant("docs-applied").await.unwrap().unwrap().spec,
+        store
+            .get_tenant("docs-applied")
+            .await
+            .unwrap()
+            .unwrap()
+            .spec,
         applied.spec
     );
     let id = begun.record.status.execution_id.clone();

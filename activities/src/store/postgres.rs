@@ -39,8 +39,8 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, CancelRequest, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
-    Result, StoreError, TenantRecord, Transition, TransitionOutcome,
+    BeginOutcome, CancelRequest, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution,
+    PruneCounts, Result, StoreError, TenantRecord, Transition, TransitionOutcome,
     rows::{self, Columns, timestamp_text as ts},
     rules::{self, Begin},
 };
@@ -443,8 +443,14 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from_sqlx)?;
-                Self::add_history(&mut tx, &id, ExecutionState::Pending, Some(&reopen.note), at)
-                    .await?;
+                Self::add_history(
+                    &mut tx,
+                    &id,
+                    ExecutionState::Pending,
+                    Some(&reopen.note),
+                    at,
+                )
+                .await?;
                 let record = Self::load_execution(&mut tx, &id)
                     .await?
                     .ok_or_else(|| StoreError::ExecutionNotFound(id.clone()))?;
@@ -618,8 +624,14 @@ impl PostgresStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         let note = rules::mark_note(mark);
-        Self::add_history(&mut tx, &mark.execution_id, current.status.state, Some(&note), at)
-            .await?;
+        Self::add_history(
+            &mut tx,
+            &mark.execution_id,
+            current.status.state,
+            Some(&note),
+            at,
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(())
     }
@@ -702,8 +714,7 @@ impl PostgresStore {
             .await
             .map_err(StoreError::from_sqlx)?;
             let note = rules::cancel_note(reason);
-            Self::add_history(&mut tx, execution_id, current.status.state, Some(&note), at)
-                .await?;
+            Self::add_history(&mut tx, execution_id, current.status.state, Some(&note), at).await?;
         }
         let record = Self::load_execution(&mut tx, execution_id)
             .await?

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use super::{ExecutionRecord, NewExecution, TenantRecord, Transition};
 use crate::{
     contract::{
-        ExecutionState, HistoryEntry, InterventionMark, Operation, Progress, ResourceIds,
-        TenantState, ComputeSpec,
+        ComputeSpec, ExecutionState, HistoryEntry, InterventionMark, Operation, Progress,
+        ResourceIds, TenantState,
     },
     error::{Classification, ComputeError, ErrorCode},
 };
@@ -105,11 +105,13 @@ pub fn tenant_state_after(
             Operation::Provision | Operation::Update => TenantState::Running,
             Operation::Delete => TenantState::Deleted,
         }),
-        ExecutionState::Failed | ExecutionState::Cancelled => Some(if error.is_some_and(needs_operator) {
-            TenantState::RequiresManualIntervention
-        } else {
-            TenantState::Failed
-        }),
+        ExecutionState::Failed | ExecutionState::Cancelled => {
+            Some(if error.is_some_and(needs_operator) {
+                TenantState::RequiresManualIntervention
+            } else {
+                TenantState::Failed
+            })
+        }
         ExecutionState::Pending | ExecutionState::Running | ExecutionState::TimedOut => None,
     }
 }
@@ -450,10 +452,18 @@ fn tenant_change(
     }
     // Failed or cancelled: the spec stays the last good one.
     let (tenant_state, tenant_ids) = match &t.tenant {
-        // Putting the tenant back failed: whatever the activity thought, an operator looks.
-        Some(_) if error.is_some_and(needs_operator) => {
-            (TenantState::RequiresManualIntervention, resource_ids.clone())
-        }
+        // Putting the tenant back failed: whatever the activity thought, an operator looks, at
+        // whatever the failed attempt left.
+        Some(_) if error.is_some_and(|e| e.rollback_error.is_some()) => (
+            TenantState::RequiresManualIntervention,
+            resource_ids.clone(),
+        ),
+        // Put back, the tenant runs what the activity says; a failure of the class that
+        // needs an operator (a partial failure) still needs one.
+        Some(outcome) if error.is_some_and(needs_operator) => (
+            TenantState::RequiresManualIntervention,
+            outcome.resource_ids.clone(),
+        ),
         Some(outcome) => (outcome.state, outcome.resource_ids.clone()),
         None => (default_state, resource_ids.clone()),
     };
@@ -697,14 +707,46 @@ mod tests {
         // (request: operation, key, spec; candidate: operation, key, spec, state; decided)
         for (new, candidate, expected) in [
             // Unkeyed: the tenant's latest, if it is the same request; re-opened if it failed.
-            ((Update, None, "h"), (Update, None, "h", Pending), Decided::Attach),
-            ((Update, None, "h"), (Update, None, "h", Running), Decided::Attach),
-            ((Update, None, "h"), (Update, None, "h", Succeeded), Decided::Attach),
-            ((Update, None, "h"), (Update, None, "h", TimedOut), Decided::Attach),
-            ((Update, None, "h"), (Update, None, "h", Failed), Decided::Reopen),
-            ((Update, None, "h"), (Update, None, "h", Cancelled), Decided::Reopen),
-            ((Update, None, "h"), (Update, None, "other", Running), Decided::Start),
-            ((Update, None, "h"), (Provision, None, "h", Running), Decided::Start),
+            (
+                (Update, None, "h"),
+                (Update, None, "h", Pending),
+                Decided::Attach,
+            ),
+            (
+                (Update, None, "h"),
+                (Update, None, "h", Running),
+                Decided::Attach,
+            ),
+            (
+                (Update, None, "h"),
+                (Update, None, "h", Succeeded),
+                Decided::Attach,
+            ),
+            (
+                (Update, None, "h"),
+                (Update, None, "h", TimedOut),
+                Decided::Attach,
+            ),
+            (
+                (Update, None, "h"),
+                (Update, None, "h", Failed),
+                Decided::Reopen,
+            ),
+            (
+                (Update, None, "h"),
+                (Update, None, "h", Cancelled),
+                Decided::Reopen,
+            ),
+            (
+                (Update, None, "h"),
+                (Update, None, "other", Running),
+                Decided::Start,
+            ),
+            (
+                (Update, None, "h"),
+                (Provision, None, "h", Running),
+                Decided::Start,
+            ),
             (
                 (Update, None, "h"),
                 (Update, Some("k"), "h", Running),
@@ -1047,14 +1089,23 @@ mod tests {
         let mut reverted = ComputeError::new(ErrorCode::WorkloadFailed, "exit 1");
         assert!(marks_tenant(&reverted) && !needs_operator(&reverted));
         reverted.rolled_back = true;
-        assert!(marks_tenant(&reverted), "a reverted failure is still news for an operator");
+        assert!(
+            marks_tenant(&reverted),
+            "a reverted failure is still news for an operator"
+        );
         let cancel = ComputeError::new(ErrorCode::Cancelled, "by ops");
         assert!(!marks_tenant(&cancel));
         let mut failed_undo = cancel.clone();
         failed_undo.rollback_error = Some("boom".into());
         assert!(marks_tenant(&failed_undo) && needs_operator(&failed_undo));
-        assert!(!marks_tenant(&ComputeError::new(ErrorCode::InsufficientCapacity, "x")));
-        assert!(needs_operator(&ComputeError::new(ErrorCode::PartialFailure, "x")));
+        assert!(!marks_tenant(&ComputeError::new(
+            ErrorCode::InsufficientCapacity,
+            "x"
+        )));
+        assert!(needs_operator(&ComputeError::new(
+            ErrorCode::PartialFailure,
+            "x"
+        )));
     }
 
     #[test]
@@ -1081,9 +1132,39 @@ mod tests {
             ..Transition::to("e", ExecutionState::Failed)
         };
         let tenant = transition(&record, &t).unwrap().at(at(2)).tenant.unwrap();
-        assert_eq!((tenant.state, tenant.resource_ids), (TenantState::Running, ids(3)));
+        assert_eq!(
+            (tenant.state, tenant.resource_ids),
+            (TenantState::Running, ids(3))
+        );
         assert_eq!(tenant.spec, Change::Keep);
         assert!(!tenant.bump_revision);
         assert!(matches!(tenant.intervention, Change::Set(ref m) if m.execution_id == "e"));
+        // A partial failure put back: an operator looks, at what runs now (the revert's).
+        let t = Transition {
+            error: Some(ComputeError::new(ErrorCode::PartialFailure, "half")),
+            resource_ids: Some(ids(8)),
+            tenant: Some(TenantOutcome {
+                state: TenantState::Running,
+                resource_ids: ids(3),
+            }),
+            ..Transition::to("e", ExecutionState::Failed)
+        };
+        let tenant = transition(&record, &t).unwrap().at(at(2)).tenant.unwrap();
+        assert_eq!(
+            (tenant.state, tenant.resource_ids),
+            (TenantState::RequiresManualIntervention, ids(3))
+        );
+        // A failed revert: what the failed attempt left.
+        let mut broken = ComputeError::new(ErrorCode::WorkloadFailed, "exit 1");
+        broken.rollback_error = Some("boom".into());
+        let t = Transition {
+            error: Some(broken),
+            ..t
+        };
+        let tenant = transition(&record, &t).unwrap().at(at(2)).tenant.unwrap();
+        assert_eq!(
+            (tenant.state, tenant.resource_ids),
+            (TenantState::RequiresManualIntervention, ids(8))
+        );
     }
 }

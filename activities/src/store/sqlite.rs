@@ -11,8 +11,8 @@ use sqlx::{
 };
 
 use super::{
-    BeginOutcome, CancelRequest, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution, PruneCounts,
-    Result, StoreError, TenantRecord, Transition, TransitionOutcome,
+    BeginOutcome, CancelRequest, DeliveryAttempt, ExecutionRecord, ExecutionStore, NewExecution,
+    PruneCounts, Result, StoreError, TenantRecord, Transition, TransitionOutcome,
     rows::{self, Columns, timestamp_text as ts},
     rules::{self, Begin},
 };
@@ -268,8 +268,14 @@ impl ExecutionStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from_sqlx)?;
-                Self::add_history(&mut tx, &id, ExecutionState::Pending, Some(&reopen.note), at)
-                    .await?;
+                Self::add_history(
+                    &mut tx,
+                    &id,
+                    ExecutionState::Pending,
+                    Some(&reopen.note),
+                    at,
+                )
+                .await?;
                 let record = Self::load_execution(&mut tx, &id)
                     .await?
                     .ok_or_else(|| StoreError::ExecutionNotFound(id.clone()))?;
@@ -480,8 +486,14 @@ impl ExecutionStore for SqliteStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         let note = rules::mark_note(&mark);
-        Self::add_history(&mut tx, &mark.execution_id, current.status.state, Some(&note), at)
-            .await?;
+        Self::add_history(
+            &mut tx,
+            &mark.execution_id,
+            current.status.state,
+            Some(&note),
+            at,
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(())
     }
@@ -515,8 +527,14 @@ impl ExecutionStore for SqliteStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         if let Some(execution) = Self::load_execution(&mut tx, &mark.execution_id).await? {
-            Self::add_history(&mut tx, &mark.execution_id, execution.status.state, Some(note), at)
-                .await?;
+            Self::add_history(
+                &mut tx,
+                &mark.execution_id,
+                execution.status.state,
+                Some(note),
+                at,
+            )
+            .await?;
         }
         let tenant = Self::load_tenant(&mut tx, tenant_id).await?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
@@ -549,13 +567,15 @@ impl ExecutionStore for SqliteStore {
             reason: reason.map(str::to_string),
             at,
         };
-        sqlx::query("UPDATE executions SET cancel_requested = ?, updated_at = ? WHERE execution_id = ?")
-            .bind(to_json(&request)?)
-            .bind(ts(at))
-            .bind(execution_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        sqlx::query(
+            "UPDATE executions SET cancel_requested = ?, updated_at = ? WHERE execution_id = ?",
+        )
+        .bind(to_json(&request)?)
+        .bind(ts(at))
+        .bind(execution_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         let note = rules::cancel_note(reason);
         Self::add_history(&mut tx, execution_id, current.status.state, Some(&note), at).await?;
         let outcome = Self::load_cancel_outcome(&mut tx, execution_id, true).await?;

@@ -36,7 +36,9 @@ impl Tasks<'_> {
     /// first), at most `limit` of them, described; none when they cannot be listed or
     /// described.
     async fn described(&self, name: &str, status: DesiredStatus, limit: usize) -> Vec<Task> {
-        let Ok(listed) = self
+        // Task details only sharpen a verdict the deployment already gives (why it failed,
+        // which parts run): a failed read is worth a warning, not a failed observation.
+        let listed = match self
             .client
             .list_tasks()
             .cluster(self.cluster)
@@ -44,21 +46,31 @@ impl Tasks<'_> {
             .desired_status(status)
             .send()
             .await
-        else {
-            return Vec::new();
+        {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(service = %name, error = %aws_sdk_ecs::error::DisplayErrorContext(&e), "ECS ListTasks failed; judging the rollout without its tasks.");
+                return Vec::new();
+            }
         };
         let arns: Vec<String> = listed.task_arns().iter().take(limit).cloned().collect();
         if arns.is_empty() {
             return Vec::new();
         }
-        self.client
+        match self
+            .client
             .describe_tasks()
             .cluster(self.cluster)
             .set_tasks(Some(arns))
             .send()
             .await
-            .map(|out| out.tasks().to_vec())
-            .unwrap_or_default()
+        {
+            Ok(out) => out.tasks().to_vec(),
+            Err(e) => {
+                tracing::warn!(service = %name, error = %aws_sdk_ecs::error::DisplayErrorContext(&e), "ECS DescribeTasks failed; judging the rollout without its tasks.");
+                Vec::new()
+            }
+        }
     }
 
     /// The service's most recent stopped tasks (up to 10), described.

@@ -14,10 +14,10 @@ use tokio::sync::Mutex;
 
 use super::cgroup::check_cgroup_parent;
 use super::config::LocalConfig;
-use super::record::ProcessIdentity;
 use super::containment::{RunAs, run_as_user};
 use super::errors::{PROVIDER, config_error, io_internal, local_error, missing_command};
 use super::naming::{WORK_DIR, check_tenant_id};
+use super::record::ProcessIdentity;
 use super::secrets::SecretPolicy;
 use super::supervise::Exits;
 use crate::provider::{
