@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ecs::{input, spec},
-    lifecycle::tenant_cli,
+    lifecycle::{result, tenant_cli, tenant_compute, wait_for_execution_of},
     rigs::{
         EcsNetwork, FaultProxy, TestWorker, WorkerOpts, aws_authorization, client, ecs_client,
         fault_proxy, http, query_status, signals_received, spawn_worker,
@@ -517,24 +517,10 @@ fn request(tenant: &str, spec: Value) -> Value {
     json!({"tenantId": tenant, "spec": spec, "timeout": "60s"})
 }
 
-/// The result of one Python call (panics on an activity error).
-fn result(calls: &[Value], i: usize) -> &Value {
-    assert!(calls[i].get("error").is_none(), "call {i}: {}", calls[i]);
-    &calls[i]["result"]
-}
-
 fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("no string at {pointer} in {v}"))
-}
-
-/// `GetTenantCompute` from Python.
-fn tenant_compute(worker: &TestWorker, tenant: &str) -> Value {
-    let calls = worker.python_calls(json!([
-        {"activity": "GetTenantCompute", "input": {"tenantId": tenant}},
-    ]));
-    result(&calls, 0).clone()
 }
 
 /// Provisions `tenant` with one replica of `image`: the task definition it runs.
@@ -555,31 +541,6 @@ async fn provisioned(
         .completed();
     assert_eq!(status["state"], "succeeded", "{status}");
     str_of(&status, "/resourceIds/taskDefinitionArn").to_string()
-}
-
-/// Waits until the tenant has an execution of `operation` in `state`; its id.
-async fn wait_for_execution_of(
-    worker: &TestWorker,
-    tenant: &str,
-    operation: &str,
-    state: &str,
-) -> String {
-    let store = compute_activities::store::connect(&worker.database_url())
-        .await
-        .unwrap();
-    for _ in 0..1200 {
-        if let Some(found) = store
-            .list_executions(tenant)
-            .await
-            .unwrap()
-            .iter()
-            .find(|r| r.status.operation.as_str() == operation && r.status.state.as_str() == state)
-        {
-            return found.status.execution_id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{tenant}: no {operation} execution reached {state}");
 }
 
 /// An update whose new deployment fails (its only task crashes) after ECS accepted it: the

@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use compute_activities::store;
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
     core::v1::{Namespace, Pod, Service},
@@ -29,7 +28,10 @@ use serde_json::{Value, json};
 use temporalio_client::Client;
 
 use crate::ecs::input;
-use crate::lifecycle::tenant_cli;
+use crate::kubernetes::{
+    annotation, name_of, names, one_attempt, owned_by, pod_ready, pods_of, strings,
+};
+use crate::lifecycle::{result, tenant_cli, tenant_compute, wait_for_execution_of};
 use crate::rigs::{
     Outcome, TestWorker, WorkerOpts, client, k8s_now, kube_client, kube_rig, mark_ready, pod_image,
     query_status, signals_received, spawn_worker, started_activity_attempts, worker_log_tail,
@@ -296,16 +298,6 @@ impl Drop for Kubelet {
     }
 }
 
-async fn pods_of(api: &Api<Pod>, tenant: &str) -> Vec<Pod> {
-    let mut items = api
-        .list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}")))
-        .await
-        .expect("list Pods")
-        .items;
-    items.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    items
-}
-
 /// Plays the kubelet: the pod's image cannot be pulled.
 async fn mark_image_pull_backoff(api: &Api<Pod>, pod: &Pod) -> kube::Result<Pod> {
     let image = pod_image(pod);
@@ -354,22 +346,6 @@ fn pulling_failed(pod: &Pod) -> bool {
         .any(|r| r == "ImagePullBackOff")
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn owned_by(pod: &Pod, rs: &ReplicaSet) -> bool {
-    let uid = rs.metadata.uid.as_deref().unwrap_or("-");
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.uid == uid)
-}
-
 /// Whether a ReplicaSet runs `template` (a Deployment's, as JSON), ignoring the hash label the
 /// controller adds.
 fn same_template(rs: &ReplicaSet, template: &Value) -> bool {
@@ -388,73 +364,6 @@ fn same_template(rs: &ReplicaSet, template: &Value) -> bool {
         labels.remove("pod-template-hash");
     }
     theirs == ours
-}
-
-fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
-    meta.annotations.as_ref()?.get(key).cloned()
-}
-
-fn name_of<K: kube::Resource>(obj: &K) -> String {
-    obj.meta().name.clone().unwrap_or_default()
-}
-
-fn names<K: kube::Resource>(objs: &[K]) -> Vec<String> {
-    objs.iter().map(name_of).collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-/// No faults expected: one attempt; a stuck operation ends (TIMEOUT) in 60 s.
-fn one_attempt() -> Value {
-    json!({"maxAttempts": 1})
-}
-
-/// The result of one Python call (panics on an activity error).
-fn result(calls: &[Value], i: usize) -> &Value {
-    assert!(calls[i].get("error").is_none(), "call {i}: {}", calls[i]);
-    &calls[i]["result"]
-}
-
-/// `GetTenantCompute` by name from Python.
-fn tenant_compute(worker: &TestWorker, tenant: &str) -> Value {
-    let calls = worker.python_calls(json!([
-        {"activity": "GetTenantCompute", "input": {"tenantId": tenant}},
-    ]));
-    result(&calls, 0).clone()
-}
-
-/// Waits until the tenant has an execution of `operation` in `state`; its id.
-async fn wait_for_execution_of(
-    worker: &TestWorker,
-    tenant: &str,
-    operation: &str,
-    state: &str,
-) -> String {
-    let store = store::connect(&worker.database_url()).await.unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = store
-            .list_executions(tenant)
-            .await
-            .unwrap()
-            .iter()
-            .find(|r| r.status.operation.as_str() == operation && r.status.state.as_str() == state)
-        {
-            return found.status.execution_id.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{tenant}: no {operation} execution reached {state}:\n{}",
-            worker_log_tail(&worker.log(), 30)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Joins a background Python caller without blocking the runtime (the test's kubelet runs on

@@ -352,7 +352,7 @@ impl Drop for Kubelet {
     }
 }
 
-async fn pods_of(api: &Api<Pod>, tenant: &str) -> Vec<Pod> {
+pub async fn pods_of(api: &Api<Pod>, tenant: &str) -> Vec<Pod> {
     let mut items = api
         .list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}")))
         .await
@@ -362,14 +362,14 @@ async fn pods_of(api: &Api<Pod>, tenant: &str) -> Vec<Pod> {
     items
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn owned_by(pod: &Pod, rs: &ReplicaSet) -> bool {
+pub fn owned_by(pod: &Pod, rs: &ReplicaSet) -> bool {
     let uid = rs.metadata.uid.as_deref().unwrap_or("-");
     pod.metadata
         .owner_references
@@ -378,21 +378,21 @@ fn owned_by(pod: &Pod, rs: &ReplicaSet) -> bool {
         .any(|r| r.uid == uid)
 }
 
-fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
+pub fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
 }
 
-fn name_of<K: kube::Resource>(obj: &K) -> String {
+pub fn name_of<K: kube::Resource>(obj: &K) -> String {
     obj.meta().name.clone().unwrap_or_default()
 }
 
-fn names<K: kube::Resource>(objs: &[K]) -> Vec<String> {
+pub fn names<K: kube::Resource>(objs: &[K]) -> Vec<String> {
     objs.iter().map(name_of).collect()
 }
 
 /// No faults expected: one attempt, and a stuck operation ends (TIMEOUT) in 60 s with its
 /// progress in the panic instead of the workflow's 120 s limit.
-fn one_attempt() -> Value {
+pub fn one_attempt() -> Value {
     json!({"maxAttempts": 1})
 }
 
@@ -402,7 +402,7 @@ fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no string at {pointer} in {v}"))
 }
 
-fn strings(v: &Value) -> Vec<String> {
+pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()

@@ -4,11 +4,17 @@
 //! mean the same whatever the tenant's history. Read by name from Python (`GetTenantCompute`,
 //! `ListTenantCompute`, `CancelComputeExecution`) and by operators (`compute-worker tenant`).
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 
-use crate::rigs::{WorkerOpts, alive, client, processes_with, query_status, spawn_worker};
+use crate::rigs::{
+    TestWorker, WorkerOpts, alive, client, processes_with, query_status, spawn_worker,
+    worker_log_tail,
+};
 
 /// `compute-worker tenant ARGS... --database URL`: stdout, or a panic with stderr.
 pub fn tenant_cli(database_url: &str, args: &[&str]) -> String {
@@ -35,7 +41,7 @@ fn crash_spec() -> Value {
 }
 
 /// The result of one Python call (panics on an activity error).
-fn result(calls: &[Value], i: usize) -> &Value {
+pub fn result(calls: &[Value], i: usize) -> &Value {
     assert!(calls[i].get("error").is_none(), "call {i}: {}", calls[i]);
     &calls[i]["result"]
 }
@@ -393,9 +399,18 @@ async fn requests_mean_the_same_whatever_the_tenant_ran() {
     assert_eq!(calls[3]["error"]["type"], "INVALID_CONFIGURATION");
 }
 
-/// Waits until the tenant has an execution of `operation` in `state`; its id.
-async fn wait_for_execution_of(
-    worker: &crate::rigs::TestWorker,
+/// `GetTenantCompute` of `tenant`, called by name from Python.
+pub fn tenant_compute(worker: &TestWorker, tenant: &str) -> Value {
+    let calls = worker.python_calls(json!([
+        {"activity": "GetTenantCompute", "input": {"tenantId": tenant}},
+    ]));
+    result(&calls, 0).clone()
+}
+
+/// Waits (a minute at most) until the tenant has an execution of `operation` in `state`; its
+/// id.
+pub async fn wait_for_execution_of(
+    worker: &TestWorker,
     tenant: &str,
     operation: &str,
     state: &str,
@@ -403,7 +418,8 @@ async fn wait_for_execution_of(
     let store = compute_activities::store::connect(&worker.database_url())
         .await
         .unwrap();
-    for _ in 0..1200 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         if let Some(found) = store
             .list_executions(tenant)
             .await
@@ -413,7 +429,11 @@ async fn wait_for_execution_of(
         {
             return found.status.execution_id.clone();
         }
+        assert!(
+            Instant::now() < deadline,
+            "{tenant}: no {operation} execution reached {state}:\n{}",
+            worker_log_tail(&worker.log(), 30)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{tenant}: no {operation} execution reached {state}");
 }

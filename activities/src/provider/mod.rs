@@ -127,16 +127,7 @@ pub trait ComputeProvider: Send + Sync + 'static {
         previous: &CurrentState,
         failed: &ResourceIds,
     ) -> Result<ResourceIds> {
-        let Some(spec) = previous.spec.as_ref() else {
-            return Err(ComputeError::internal(
-                "nothing to revert to: the tenant has no last good spec",
-            ));
-        };
-        let current = CurrentState {
-            spec: None,
-            resource_ids: failed.clone(),
-        };
-        self.update(op, &current, spec).await
+        reapply(self, op, previous, failed).await
     }
 
     /// Removes the tenant's compute; succeeds when there is nothing to remove.
@@ -161,6 +152,27 @@ pub trait ComputeProvider: Send + Sync + 'static {
     async fn prune(&self, _older_than: Duration) -> Result<usize> {
         Ok(0)
     }
+}
+
+/// Reverts by re-applying `previous.spec` as an update from `failed`: what
+/// [`ComputeProvider::revert`] does by default, and what a provider that reverts otherwise
+/// falls back to when it cannot.
+pub async fn reapply<P: ComputeProvider + ?Sized>(
+    provider: &P,
+    op: &OperationContext,
+    previous: &CurrentState,
+    failed: &ResourceIds,
+) -> Result<ResourceIds> {
+    let Some(spec) = previous.spec.as_ref() else {
+        return Err(ComputeError::internal(
+            "nothing to revert to: the tenant has no last good spec",
+        ));
+    };
+    let current = CurrentState {
+        spec: None,
+        resource_ids: failed.clone(),
+    };
+    provider.update(op, &current, spec).await
 }
 
 /// Which provider to run, chosen by `--provider`.

@@ -386,16 +386,7 @@ impl ComputeProvider for EcsProvider {
         failed: &ResourceIds,
     ) -> Result<ResourceIds> {
         let Some(previous_arn) = previous.resource_ids.task_definition_arn.as_deref() else {
-            let Some(spec) = previous.spec.as_ref() else {
-                return Err(ComputeError::internal(
-                    "nothing to revert to: the tenant has no last good spec",
-                ));
-            };
-            let current = CurrentState {
-                spec: None,
-                resource_ids: failed.clone(),
-            };
-            return self.update(op, &current, spec).await;
+            return crate::provider::reapply(self, op, previous, failed).await;
         };
         let name = service_name(&op.tenant_id);
         self.existing_service(&name).await?;

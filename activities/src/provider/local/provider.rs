@@ -185,16 +185,7 @@ impl ComputeProvider for LocalProvider {
         {
             return Ok(previous.resource_ids.clone());
         }
-        let Some(spec) = previous.spec.as_ref() else {
-            return Err(ComputeError::internal(
-                "nothing to revert to: the tenant has no last good spec",
-            ));
-        };
-        let current = CurrentState {
-            spec: None,
-            resource_ids: failed.clone(),
-        };
-        self.update(op, &current, spec).await
+        crate::provider::reapply(self, op, previous, failed).await
     }
 
     async fn delete(&self, op: &OperationContext, current: &CurrentState) -> Result<ResourceIds> {
