@@ -1,4 +1,4 @@
-//! The activities: the contract's five, and the internal ones the tracker and
+//! The activities: the contract's eight public ones, and the internal ones the tracker and
 //! `TenantComputeWorkflow` use.
 //!
 //! Every public activity takes raw JSON and validates it itself (see [`crate::validate`]).
