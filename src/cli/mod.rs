@@ -1,9 +1,10 @@
 //! The command line: the worker's general flags, and one group of flags per provider
-//! (`local`, `ecs`, `kubernetes`), each converted into that provider's config by one `From`.
+//! (`local`, `ecs`, `kubernetes`, `simulated`), each converted into that provider's config by one `From`.
 
 mod ecs;
 mod kubernetes;
 mod local;
+mod simulated;
 mod tenant;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub use self::{
     ecs::EcsArgs,
     kubernetes::KubernetesArgs,
     local::LocalArgs,
+    simulated::SimulatedArgs,
     tenant::{TenantArgs, TenantCommand},
 };
 use crate::telemetry::LogFormat;
@@ -73,12 +75,13 @@ pub struct SweepArgs {
 pub struct ProviderArgs {
     /// The provider: `local` (processes on this host), `ecs` (ECS services; credentials,
     /// region and endpoint from the standard AWS chain) or `kubernetes` (Deployments; cluster
-    /// from KUBECONFIG, ~/.kube/config or in-cluster).
+    /// from KUBECONFIG, ~/.kube/config or in-cluster), or `simulated` (nothing runs: every
+    /// operation ends after `--simulated-delay`; for benchmarks and workflow tests only).
     #[arg(
         long = "provider",
         env = "COMPUTE_PROVIDER",
         default_value = "local",
-        value_parser = ["local", "ecs", "kubernetes"]
+        value_parser = ["local", "ecs", "kubernetes", "simulated"]
     )]
     pub name: String,
     /// Local provider settings.
@@ -90,6 +93,9 @@ pub struct ProviderArgs {
     /// Kubernetes settings.
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
+    /// Simulated provider settings.
+    #[command(flatten)]
+    pub simulated: SimulatedArgs,
 }
 
 impl ProviderArgs {
@@ -99,6 +105,7 @@ impl ProviderArgs {
             "local" => ProviderConfig::Local(self.local.clone().into()),
             "ecs" => ProviderConfig::Ecs(self.ecs.clone().into()),
             "kubernetes" => ProviderConfig::Kubernetes(self.kubernetes.clone().into()),
+            "simulated" => ProviderConfig::Simulated(self.simulated.clone().into()),
             other => anyhow::bail!("unknown provider {other:?}"),
         })
     }

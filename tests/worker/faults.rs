@@ -791,3 +791,52 @@ async fn ecs_kill_9_while_the_tracker_waits() {
 async fn ecs_kill_9_after_the_terminal_state_before_the_signal() {
     ecs_crash_at(Some(faults::AFTER_TERMINAL_STATE), "fault-ecs-d").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The crash points with the simulated provider at no delay: the start activity finishes the
+// operation and tells the caller itself (no tracker), so a crash there is recovered by the
+// caller's retry of the start activity alone.
+// ---------------------------------------------------------------------------------------------
+
+async fn simulated_crash_at(point: &str, name: &str) {
+    let mut outcomes = Vec::new();
+    for run in 0..RUNS {
+        let once = tempfile::tempdir().unwrap();
+        let mut worker = spawn_worker(
+            &format!("{name}-{run}"),
+            WorkerOpts {
+                env: vec![
+                    ("COMPUTE_FAULT_CRASH_AT", point.to_string()),
+                    (
+                        "COMPUTE_FAULT_ONCE_FILE",
+                        once.path().join("crashed").display().to_string(),
+                    ),
+                ],
+                args: vec!["--provider".into(), "simulated".into()],
+                ..Default::default()
+            },
+        );
+        let tenant = format!("{name}-{run}");
+        let caller = worker.python_calls_in_background(provision_call(&tenant, "1"));
+        assert!(
+            worker.wait_exited(Duration::from_secs(60)),
+            "the worker did not crash at {point}:\n{}",
+            worker.log()
+        );
+        worker.restart();
+        let out = caller.join().expect("python caller");
+        // Nothing to count outside the worker: the execution's one resource id.
+        outcomes.push(check_run_with(&worker, &tenant, 1, &out).await);
+    }
+    report_for(point, "simulated", &outcomes);
+}
+
+#[tokio::test]
+async fn simulated_kill_9_after_the_provider_call_before_the_store_write() {
+    simulated_crash_at(faults::AFTER_PROVIDER_CALL, "fault-sim-a").await;
+}
+
+#[tokio::test]
+async fn simulated_kill_9_after_the_final_state_before_the_inline_signal() {
+    simulated_crash_at(faults::AFTER_TERMINAL_STATE, "fault-sim-d").await;
+}

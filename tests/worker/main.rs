@@ -16,6 +16,7 @@ mod lifecycle;
 mod postgres_tls;
 mod rigs;
 mod secret_scan;
+mod simulated;
 mod sweep;
 mod trust;
 

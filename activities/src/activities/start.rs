@@ -174,14 +174,28 @@ impl ComputeActivities {
 
         if record.status.state.is_final() {
             tracing::info!(state = %record.status.state, "Attached after the end: returning the final state.");
-            return Ok(handle_of(&record, true));
-        }
-
-        if record.status.state == ExecutionState::Pending {
-            record = self
-                .apply(ctx, record, &req, begin.previous_tenant.as_ref())
-                .await
-                .map_err(|e| e.with_execution_id(&execution_id))?;
+            // A caller waits for its signal whatever its handle says: one never told (a late
+            // attacher, or this caller's retry after a crash between the final state and the
+            // signal) is told now, by its tracker when the target is down.
+            if self.tell_inline(ctx, &record, target.as_ref()).await {
+                return Ok(handle_of(&record, true));
+            }
+        } else {
+            if record.status.state == ExecutionState::Pending {
+                record = self
+                    .apply(ctx, record, &req, begin.previous_tenant.as_ref())
+                    .await
+                    .map_err(|e| e.with_execution_id(&execution_id))?;
+                record = self.first_look(record, &req).await;
+            }
+            // Done already (an instant provider): the caller is told from here, and no
+            // tracker is started: a retry of this activity tells it again if a crash came
+            // between the final state and the signal (above).
+            if record.status.state.is_final()
+                && self.tell_inline(ctx, &record, target.as_ref()).await
+            {
+                return Ok(handle_of(&record, attached));
+            }
         }
 
         crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
@@ -312,6 +326,96 @@ impl ComputeActivities {
                 .await;
         }
         Ok(outcome.record)
+    }
+
+    /// The start path's own first observation, for a provider that answers it at once
+    /// ([`ComputeProvider::observes_at_once`]): an operation already done is recorded as
+    /// succeeded here, saving the tracker's round trips. Anything else (in progress, failed,
+    /// an error) is left to the tracker, the one place that watches, reverts and undoes.
+    async fn first_look(&self, record: ExecutionRecord, req: &StartRequest) -> ExecutionRecord {
+        let status = &record.status;
+        if status.state != ExecutionState::Running
+            || record.cancel_requested.is_some()
+            || !self.provider.observes_at_once()
+        {
+            return record;
+        }
+        let op = OperationContext {
+            execution_id: status.execution_id.clone(),
+            tenant_id: status.tenant_id.clone(),
+            operation: status.operation,
+            metadata: req.metadata.clone(),
+        };
+        let ids = match self.provider.observe(&op, &status.resource_ids).await {
+            Ok(Observation::Succeeded(ids)) => ids,
+            _ => return record,
+        };
+        match self
+            .store
+            .transition(Transition {
+                resource_ids: Some(ids),
+                ..Transition::to(&status.execution_id, ExecutionState::Succeeded)
+            })
+            .await
+        {
+            Ok(outcome) => {
+                crate::faults::crash_point(crate::faults::AFTER_TERMINAL_STATE);
+                tracing::info!(state = %outcome.record.status.state, "Operation reached a final state at its first look.");
+                outcome.record
+            }
+            Err(e) => {
+                // The tracker observes it again and records it.
+                tracing::warn!(error = %e, "Could not record the final state at the first look; the tracker will.");
+                record
+            }
+        }
+    }
+
+    /// Tells `target` the final state of `record` from this activity, unless the store shows
+    /// it was told already. True when nothing is left to do (told now or before, or told it
+    /// never will be); false when the target did not take it, so the tracker must deliver it
+    /// with its retries.
+    async fn tell_inline(
+        &self,
+        ctx: &ActivityContext,
+        record: &ExecutionRecord,
+        target: Option<&CallbackTarget>,
+    ) -> bool {
+        let status = &record.status;
+        let Some(target) = target else { return true };
+        let described = target.describe();
+        let Ok(deliveries) = self.store.list_deliveries(&status.execution_id).await else {
+            return false;
+        };
+        let mine: Vec<_> = deliveries
+            .iter()
+            .filter(|d| d.target == described)
+            .collect();
+        if mine
+            .iter()
+            .any(|d| d.state == status.state && d.outcome != DeliveryState::Pending)
+        {
+            return true;
+        }
+        // The tracker's numbering: one more than the states this target was told before.
+        let mut told: Vec<ExecutionState> = mine
+            .iter()
+            .map(|d| d.state)
+            .filter(|s| *s != status.state)
+            .collect();
+        told.sort_by_key(|s| s.as_str());
+        told.dedup();
+        let input = DeliverInput {
+            target: target.clone(),
+            callback: ComputeCallback::from_status(status, told.len() as u32 + 1),
+        };
+        match self.deliver(ctx, input).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "The caller did not take the callback; its tracker delivers it.");
+                false
+            }
+        }
     }
 
     /// Starts the execution's tracker if it is not running, and adds the caller's target,

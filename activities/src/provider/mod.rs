@@ -20,6 +20,7 @@ pub mod ecs;
 pub(crate) mod kit;
 pub mod kubernetes;
 pub mod local;
+pub mod simulated;
 
 /// The execution a provider call belongs to (for names, tags and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +143,15 @@ pub trait ComputeProvider: Send + Sync + 'static {
     /// compute is removed as a whole with [`delete`](Self::delete)).
     async fn list_managed(&self) -> Result<Vec<ManagedResource>>;
 
+    /// True when [`observe`](Self::observe) answers from what the provider already knows,
+    /// without a remote call or a wait, so the start path may take the first look itself and
+    /// finish an operation that is already done without starting a tracker. False by default:
+    /// providers that ask a remote API, or wait for an event, leave every observation to the
+    /// tracker.
+    fn observes_at_once(&self) -> bool {
+        false
+    }
+
     /// How long the tracker pauses between observations that found the operation in
     /// progress (zero for a provider whose `observe` waits for changes itself).
     fn poll_interval(&self) -> Duration;
@@ -185,6 +195,8 @@ pub enum ProviderConfig {
     Ecs(ecs::EcsConfig),
     /// Kubernetes Deployments.
     Kubernetes(kubernetes::KubernetesConfig),
+    /// Nothing runs: every operation ends after a set delay (benchmarks and workflow tests).
+    Simulated(simulated::SimulatedConfig),
 }
 
 /// Builds the configured provider.
@@ -198,6 +210,7 @@ pub async fn build(config: &ProviderConfig) -> Result<Arc<dyn ComputeProvider>> 
         ProviderConfig::Kubernetes(c) => Ok(Arc::new(
             kubernetes::KubernetesProvider::new(c.clone()).await?,
         )),
+        ProviderConfig::Simulated(c) => Ok(Arc::new(simulated::SimulatedProvider::new(c.clone())?)),
         #[allow(unreachable_patterns)]
         other => Err(not_compiled(other.name())),
     }
@@ -218,6 +231,7 @@ impl ProviderConfig {
             ProviderConfig::Local(_) => "local",
             ProviderConfig::Ecs(_) => "ecs",
             ProviderConfig::Kubernetes(_) => "kubernetes",
+            ProviderConfig::Simulated(_) => "simulated",
         }
     }
 }
