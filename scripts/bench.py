@@ -10,12 +10,10 @@ Benchmarks print figures; they assert nothing but that every operation completed
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -38,6 +38,18 @@ fn provision_call(tenant: &str, marker: &str) -> Value {
             "waitSignal": true, "startToCloseSeconds": 10}])
 }
 
+/// The worker's environment that makes it crash at `point`, once (the restarted worker finds
+/// the once-file in `once` and goes on).
+fn crash_env(point: &str, once: &tempfile::TempDir) -> [(&'static str, String); 2] {
+    [
+        ("COMPUTE_FAULT_CRASH_AT", point.to_string()),
+        (
+            "COMPUTE_FAULT_ONCE_FILE",
+            once.path().join("crashed").display().to_string(),
+        ),
+    ]
+}
+
 /// A local-provider directory shared by several workers; its workloads are stopped on drop.
 struct SharedLocalDir(tempfile::TempDir);
 
@@ -164,13 +176,7 @@ async fn crash_at_point(point: &str, marker_base: u32) {
         let mut worker = spawn_worker(
             &format!("fault-{point}-{run}"),
             WorkerOpts {
-                env: vec![
-                    ("COMPUTE_FAULT_CRASH_AT", point.to_string()),
-                    (
-                        "COMPUTE_FAULT_ONCE_FILE",
-                        once.path().join("crashed").display().to_string(),
-                    ),
-                ],
+                env: crash_env(point, &once).into(),
                 ..Default::default()
             },
         );
@@ -599,11 +605,7 @@ async fn k8s_crash_at(point: Option<&str>, ns: &str) {
         let once = tempfile::tempdir().unwrap();
         let mut env = vec![("KUBECONFIG", rig.kubeconfig.display().to_string())];
         if let Some(point) = point {
-            env.push(("COMPUTE_FAULT_CRASH_AT", point.to_string()));
-            env.push((
-                "COMPUTE_FAULT_ONCE_FILE",
-                once.path().join("crashed").display().to_string(),
-            ));
+            env.extend(crash_env(point, &once));
         }
         let mut worker = spawn_worker(
             &format!("{ns}-{run}"),
@@ -710,11 +712,7 @@ async fn ecs_crash_at(point: Option<&str>, name: &str) {
         let once = tempfile::tempdir().unwrap();
         let mut env = rig.aws_env();
         if let Some(point) = point {
-            env.push(("COMPUTE_FAULT_CRASH_AT", point.to_string()));
-            env.push((
-                "COMPUTE_FAULT_ONCE_FILE",
-                once.path().join("crashed").display().to_string(),
-            ));
+            env.extend(crash_env(point, &once));
         }
         // moto completes deployments at once: a slow observer keeps the tracker waiting long
         // enough to be killed while it waits.
@@ -805,13 +803,7 @@ async fn simulated_crash_at(point: &str, name: &str) {
         let mut worker = spawn_worker(
             &format!("{name}-{run}"),
             WorkerOpts {
-                env: vec![
-                    ("COMPUTE_FAULT_CRASH_AT", point.to_string()),
-                    (
-                        "COMPUTE_FAULT_ONCE_FILE",
-                        once.path().join("crashed").display().to_string(),
-                    ),
-                ],
+                env: crash_env(point, &once).into(),
                 args: vec!["--provider".into(), "simulated".into()],
                 ..Default::default()
             },

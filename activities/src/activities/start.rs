@@ -398,13 +398,11 @@ impl ComputeActivities {
             return true;
         }
         // The tracker's numbering: one more than the states this target was told before.
-        let mut told: Vec<ExecutionState> = mine
+        let told: std::collections::HashSet<ExecutionState> = mine
             .iter()
             .map(|d| d.state)
             .filter(|s| *s != status.state)
             .collect();
-        told.sort_by_key(|s| s.as_str());
-        told.dedup();
         let input = DeliverInput {
             target: target.clone(),
             callback: ComputeCallback::from_status(status, told.len() as u32 + 1),
