@@ -201,6 +201,7 @@ async def scale(client: Client, worker: OurWorker, count: int, delay_s: float, k
     killed = False
     if kill:
         await asyncio.sleep(max(1.0, delay_s / 2 - started_s))
+        peak = max(peak, worker.stats()["hwm"])
         worker.stop(kill=True)
         killed = True
         worker = restart()

@@ -263,7 +263,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             .with_namespaces(
                 std::iter::once(own_namespace).chain(settings.callback_namespaces.iter().cloned()),
             ),
-    );
+    )
+    .with_observer(client.clone());
+    // The observer watches every operation in flight from this process (no activity slot
+    // each) and takes over those of workers that went away.
+    let observer = {
+        let activities = activities.clone();
+        tokio::spawn(async move { activities.run_observer().await })
+    };
     let pruner = tokio::spawn(prune_periodically(
         Arc::clone(&store),
         Arc::clone(&provider),
@@ -271,8 +278,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     ));
     let runtime = Runtime::from_current_tokio(Default::default())
         .map_err(|e| anyhow!("cannot start the Temporal runtime: {e}"))?;
-    // The SDK's default is 100 activity slots; each in-flight operation's watch holds one, so
-    // past 100 operations new requests would wait for a slot.
+    // Activity slots bound the short steps running at once (starts, reads, deliveries); an
+    // operation in flight holds none (the observer watches it), except a tracker from before
+    // the observer, whose watch activity holds one.
     let tuner = TunerHolder::builder()
         .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(100))
         .activity_task_slot_supplier(FixedSizeSlotSupplier::new(
@@ -310,6 +318,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             run.await
         }
     };
+    // The observer gives up its lease (another worker takes its executions over at once).
+    release.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), observer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("The observer did not stop in time: its lease expires by itself.");
+    }
     pruner.abort();
     result.map_err(|e| anyhow!("the worker stopped with an error: {e}"))?;
     tracing::info!("Worker stopped.");

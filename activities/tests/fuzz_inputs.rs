@@ -1014,6 +1014,43 @@ impl ExecutionStore for RecordingStore {
     ) -> store::Result<Vec<compute_activities::contract::CallbackDelivery>> {
         self.inner.list_deliveries(execution_id).await
     }
+
+    async fn observer_alive(&self, observer: &str, until_ms: i64) -> store::Result<()> {
+        self.inner.observer_alive(observer, until_ms).await
+    }
+
+    async fn observer_gone(&self, observer: &str) -> store::Result<()> {
+        self.inner.observer_gone(observer).await
+    }
+
+    async fn claim_observation(
+        &self,
+        execution_id: &str,
+        observer: &str,
+        now_ms: i64,
+    ) -> store::Result<bool> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .claim_observation(execution_id, observer, now_ms)
+            .await
+    }
+
+    async fn claim_orphans(
+        &self,
+        observer: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> store::Result<Vec<String>> {
+        self.inner.claim_orphans(observer, now_ms, limit).await
+    }
+
+    async fn end_observation(&self, execution_id: &str, observer: &str) -> store::Result<()> {
+        self.inner.end_observation(execution_id, observer).await
+    }
+
+    async fn observed_by(&self, observer: &str) -> store::Result<Vec<String>> {
+        self.inner.observed_by(observer).await
+    }
 }
 
 /// Everything the activities log, at TRACE, on the test's thread.

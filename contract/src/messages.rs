@@ -37,6 +37,11 @@ pub struct TrackerInput {
     /// What an earlier run of the same tracker handed over when it continued as new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried: Option<Value>,
+    /// The worker's observer watches the execution and wakes the tracker (set by every
+    /// worker since the observer; a tracker started without it, by an older worker, watches
+    /// with its own activity, as it always did).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observed: bool,
 }
 
 impl TrackerInput {

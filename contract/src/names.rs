@@ -64,6 +64,9 @@ pub const CALLBACK_SIGNALS: [&str; 4] = [
 ];
 /// Signal to a tracker: add a callback target (sent with signal-with-start by the activities).
 pub const SIGNAL_ATTACH_CALLBACK: &str = "attach-callback";
+/// Signal to a tracker (internal): the worker's observer saw its execution reach a final
+/// state in the store. It carries nothing the tracker trusts: the tracker reads the store.
+pub const SIGNAL_EXECUTION_CHANGED: &str = "execution-changed";
 
 /// Query answered by every workflow of ours.
 pub const STATUS_QUERY: &str = "status";

@@ -342,12 +342,27 @@ async fn concurrent_operations_on_one_tenant_are_tracked_separately() {
     let worker = spawn_worker("conc", WorkerOpts::default());
     let client = client().await;
     let a = worker.run_tenant_workflow(&client, "conc-a", provision("conc", vec!["3003.1"]));
-    let b = worker.run_tenant_workflow(
-        &client,
-        "conc-b",
-        json!({"operation": "update",
-               "request": {"tenantId": "conc", "spec": {"command": ["sleep"], "args": ["3003.2"]}}}),
-    );
+    // The update comes while the provision is under way (an update of a tenant nobody has
+    // provisioned yet is NOT_FOUND, whatever runs beside it).
+    let b = async {
+        let store = store::connect(&worker.database_url()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.list_executions("conc").await.unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the provision never began"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        worker
+            .run_tenant_workflow(
+                &client,
+                "conc-b",
+                json!({"operation": "update",
+                       "request": {"tenantId": "conc", "spec": {"command": ["sleep"], "args": ["3003.2"]}}}),
+            )
+            .await
+    };
     let (a, b) = tokio::join!(a, b);
     let (a, b) = (a.completed(), b.completed());
     assert_ne!(a["executionId"], b["executionId"]);

@@ -5,7 +5,7 @@
 use compute_activities::{contract::ExecutionState, names, store};
 use serde_json::{Value, json};
 
-use crate::rigs::{WorkerOpts, spawn_worker};
+use crate::rigs::{OBSERVING, WorkerOpts, spawn_worker, workflow_history};
 
 fn simulated(delay: &str, failure_rate: &str) -> WorkerOpts<'static> {
     WorkerOpts {
@@ -74,7 +74,7 @@ async fn an_instant_operation_is_finished_and_told_by_the_start_activity() {
     // No tracker ran: nothing was watched.
     let log = worker.log();
     assert!(
-        !log.contains(names::WATCH_EXECUTION_ACTIVITY),
+        !log.contains(names::WATCH_EXECUTION_ACTIVITY) && !log.contains(OBSERVING),
         "a watch ran"
     );
     assert!(
@@ -110,7 +110,36 @@ async fn a_slow_operation_is_tracked_to_its_end() {
         callback["durationMs"].as_u64().unwrap() >= 2000,
         "{callback}"
     );
-    assert!(worker.log().contains(names::WATCH_EXECUTION_ACTIVITY));
+    // Watched by the worker's observer: the tracker's history holds no watch activity and no
+    // heartbeat, only its two reads of the store, its wake-up and the delivery.
+    assert!(worker.log().contains(OBSERVING));
+    let tracker = names::tracker_workflow_id(out[0]["result"]["executionId"].as_str().unwrap());
+    let history = workflow_history(&tracker);
+    let events = history["events"].as_array().unwrap();
+    let activities: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"].as_str())
+        .collect();
+    assert_eq!(activities, [names::DELIVER_CALLBACK_ACTIVITY], "{history}");
+    // Its two reads of the store are local activities (a marker each).
+    let reads = events
+        .iter()
+        .filter(|e| e["eventType"] == "EVENT_TYPE_MARKER_RECORDED")
+        .count();
+    assert_eq!(reads, 2, "{history}");
+    let woken = events
+        .iter()
+        .filter(|e| {
+            e["workflowExecutionSignaledEventAttributes"]["signalName"]
+                == names::SIGNAL_EXECUTION_CHANGED
+        })
+        .count();
+    assert_eq!(woken, 1, "{history}");
+    assert!(
+        events.len() <= 26,
+        "{} events in the tracker's history: {history}",
+        events.len()
+    );
 }
 
 #[tokio::test]

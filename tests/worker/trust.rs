@@ -596,7 +596,17 @@ async fn sigterm_releases_watches_to_another_worker() {
     }
     assert!(first.log().contains("watches released"), "{}", first.log());
     assert!(
-        second.log().contains("WatchComputeExecution"),
+        first.log().contains("The observer stopped."),
+        "{}",
+        first.log()
+    );
+    // The first worker gave its executions up when it stopped: the second took them over
+    // without waiting for a lease to expire.
+    assert!(
+        second
+            .log()
+            .contains("Took over executions whose observer is gone.")
+            && second.log().matches(crate::rigs::OBSERVING).count() >= 3,
         "the second worker resumed the watches: {}\n---- first:\n{}",
         crate::rigs::worker_log_tail(&second.log(), 40),
         crate::rigs::worker_log_tail(&first.log(), 60)

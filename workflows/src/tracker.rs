@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use temporalio_common::{RetryPolicy, data_converters::RawValue};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityOptions, CancellableFuture, ContinueAsNewOptions, SyncWorkflowContext, WorkflowContext,
-    WorkflowContextView, WorkflowResult,
+    ActivityOptions, CancellableFuture, ContinueAsNewOptions, LocalActivityOptions,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
 use crate::{
@@ -94,6 +94,11 @@ pub struct TrackerView {
 /// says otherwise: well under Temporal's warning (10,240 events) and limit (51,200).
 pub const DEFAULT_MAX_HISTORY_EVENTS: u32 = 5_000;
 
+/// How long a tracker waits for its observer's wake-up before it looks at the store itself:
+/// the last line when no worker is left to take the execution over, long enough to cost
+/// nothing for operations of minutes.
+pub const OBSERVER_FALLBACK: Duration = Duration::from_secs(600);
+
 /// What a run hands over to the next when it continues as new.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,6 +141,8 @@ pub struct ComputeExecutionTracker {
     runs: u32,
     /// `attach-callback` signals dropped because they were malformed or over the limit.
     signals_dropped: u32,
+    /// `execution-changed` signals heard by this run.
+    wakes: u32,
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -183,6 +190,7 @@ impl ComputeExecutionTracker {
                     timeout_ms: 0,
                     max_history_events: 0,
                     carried: None,
+                    observed: false,
                 },
                 Some(e),
             ),
@@ -217,6 +225,7 @@ impl ComputeExecutionTracker {
             timed_out: carried.timed_out,
             runs: carried.runs,
             signals_dropped: 0,
+            wakes: 0,
         }
     }
 
@@ -324,14 +333,17 @@ impl ComputeExecutionTracker {
     async fn watch_to_end(ctx: &WorkflowContext<Self>) -> WorkflowResult<ExecutionStatus> {
         let input = ctx.state(|s| s.input.clone());
         ctx.upsert_search_attributes([TENANT_ID_KEY.value_set(input.tenant_id.clone())]);
-        let first = ctx
-            .execute_activity(
+        let first = if input.observed {
+            Self::read_store(ctx, &input.execution_id).await?
+        } else {
+            ctx.execute_activity(
                 activity::GetExecution,
                 raw(&serde_json::json!({ "executionId": input.execution_id })),
                 persistent_options(),
             )
             .await
-            .map_err(|e| terminate(compute_error_of(&e)))?;
+            .map_err(|e| terminate(compute_error_of(&e)))?
+        };
         ctx.state_mut(|s| s.status = Some(first.clone()));
 
         // The deadline is fixed by the first run; later runs wait only for what is left.
@@ -347,6 +359,10 @@ impl ComputeExecutionTracker {
             ))
         });
         let mut status = first;
+        if input.observed {
+            return Self::wait_for_observer(ctx, &input.execution_id, status, timer, deadline_ms)
+                .await;
+        }
         while !status.state.is_final() {
             let known_progress = status.progress.clone();
             let mut watch = pin!(ctx.execute_activity(
@@ -369,21 +385,7 @@ impl ComputeExecutionTracker {
                 None => {
                     // The timeout passed: report it, keep the same watch going.
                     timer = None;
-                    let timed_out = ctx
-                        .execute_activity(
-                            activity::MarkTimedOut,
-                            raw(&input.execution_id),
-                            persistent_options(),
-                        )
-                        .await
-                        .map_err(|e| terminate(compute_error_of(&e)))?;
-                    ctx.state_mut(|s| {
-                        s.status = Some(timed_out.clone());
-                        s.timed_out = true;
-                    });
-                    if timed_out.state == ExecutionState::TimedOut {
-                        Self::deliver_all(ctx, &timed_out).await;
-                    }
+                    Self::report_timeout(ctx, &input.execution_id).await?;
                     watch.as_mut().await
                 }
             };
@@ -394,6 +396,93 @@ impl ComputeExecutionTracker {
             timer.cancel();
         }
         Ok(status)
+    }
+
+    /// Waits for the worker's observer to say the execution changed, then reads the store,
+    /// until the execution is final; reports the timeout when it passes. Nothing runs on the
+    /// server meanwhile: no activity, no heartbeat, one timer (the timeout's, or when that
+    /// is further off or already reported, [`OBSERVER_FALLBACK`]'s, after which the tracker
+    /// reads the store whether woken or not).
+    async fn wait_for_observer(
+        ctx: &WorkflowContext<Self>,
+        execution_id: &str,
+        mut status: ExecutionStatus,
+        mut timeout: Option<impl CancellableFuture + Unpin>,
+        deadline_ms: u64,
+    ) -> WorkflowResult<ExecutionStatus> {
+        // Wake-ups counted before the last read: one that arrives while a read is under way
+        // wakes the next wait at once rather than being taken for already seen.
+        let mut seen = 0;
+        while !status.state.is_final() {
+            let mut woken = pin!(ctx.wait_condition(move |s| s.wakes > seen));
+            let now_ms = ctx.workflow_time().map(millis).unwrap_or(0);
+            let fallback_ms = u64::try_from(OBSERVER_FALLBACK.as_millis()).unwrap_or(u64::MAX);
+            let timeout_first =
+                timeout.is_some() && deadline_ms.saturating_sub(now_ms) <= fallback_ms;
+            let timed_out = match timeout.as_mut() {
+                Some(t) if timeout_first => temporalio_sdk::workflows::select! {
+                    _ = woken.as_mut() => false,
+                    _ = &mut *t => true,
+                },
+                _ => {
+                    let mut fallback = ctx.timer(OBSERVER_FALLBACK);
+                    temporalio_sdk::workflows::select! {
+                        _ = woken.as_mut() => fallback.cancel(),
+                        _ = &mut fallback => {},
+                    };
+                    false
+                }
+            };
+            if timed_out {
+                timeout = None;
+                Self::report_timeout(ctx, execution_id).await?;
+            }
+            seen = ctx.state(|s| s.wakes);
+            status = Self::read_store(ctx, execution_id).await?;
+            ctx.state_mut(|s| s.status = Some(status.clone()));
+        }
+        if let Some(t) = timeout {
+            t.cancel();
+        }
+        Ok(status)
+    }
+
+    /// The execution's status from the store, as a local activity: a read of a few
+    /// milliseconds needs no round trip through the task queue, and costs one history event.
+    async fn read_store(
+        ctx: &WorkflowContext<Self>,
+        execution_id: &str,
+    ) -> WorkflowResult<ExecutionStatus> {
+        ctx.execute_local_activity(
+            activity::GetExecution,
+            raw(&serde_json::json!({ "executionId": execution_id })),
+            LocalActivityOptions::builder()
+                .start_to_close_timeout(Duration::from_secs(30))
+                .retry_policy(unlimited_retries())
+                .build(),
+        )
+        .await
+        .map_err(|e| terminate(compute_error_of(&e)))
+    }
+
+    /// The timeout passed: records it (the execution goes on) and tells every target.
+    async fn report_timeout(ctx: &WorkflowContext<Self>, execution_id: &str) -> WorkflowResult<()> {
+        let timed_out = ctx
+            .execute_activity(
+                activity::MarkTimedOut,
+                raw(&execution_id.to_string()),
+                persistent_options(),
+            )
+            .await
+            .map_err(|e| terminate(compute_error_of(&e)))?;
+        ctx.state_mut(|s| {
+            s.status = Some(timed_out.clone());
+            s.timed_out = true;
+        });
+        if timed_out.state == ExecutionState::TimedOut {
+            Self::deliver_all(ctx, &timed_out).await;
+        }
+        Ok(())
     }
 
     /// Delivers `status` to every target that has not had it, all at once (a target that is
@@ -461,6 +550,14 @@ impl ComputeExecutionTracker {
             return;
         }
         self.targets.push(target);
+    }
+
+    /// `execution-changed`: the worker's observer saw the execution reach a final state. It
+    /// only wakes the tracker, which reads the store: whoever sends it, with whatever payload,
+    /// causes at most one read.
+    #[signal(name = names::SIGNAL_EXECUTION_CHANGED)]
+    pub fn execution_changed(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _changed: RawValue) {
+        self.wakes = self.wakes.saturating_add(1);
     }
 
     /// `status`: the execution's status and the deliveries so far.

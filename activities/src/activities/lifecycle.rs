@@ -122,7 +122,7 @@ impl ComputeActivities {
     /// (heartbeating) until the provider reports the revert done, as a watch does.
     pub(super) async fn put_back(
         &self,
-        ctx: &ActivityContext,
+        pulse: Pulse<'_>,
         record: &ExecutionRecord,
         failed: &ResourceIds,
         settle: bool,
@@ -165,7 +165,7 @@ impl ComputeActivities {
         if !settle {
             return PutBack::Done(ids);
         }
-        match self.settle(ctx, &op, ids).await {
+        match self.settle(pulse, &op, ids).await {
             Ok(ids) => PutBack::Done(ids),
             Err(why) => PutBack::Failed(why),
         }
@@ -201,15 +201,13 @@ impl ComputeActivities {
     /// [`SETTLE_LIMIT`].
     pub(super) async fn settle(
         &self,
-        ctx: &ActivityContext,
+        pulse: Pulse<'_>,
         op: &OperationContext,
         ids: ResourceIds,
     ) -> Result<ResourceIds, String> {
         let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
         loop {
-            let _ = ctx
-                .record_heartbeat(format!("settling {}", op.operation))
-                .await;
+            pulse.beat(format!("settling {}", op.operation)).await;
             match self.provider.observe(op, &ids).await {
                 Ok(Observation::Succeeded(done)) => return Ok(done),
                 Ok(Observation::Failed(e)) => return Err(format!("{}: {}", e.code, e.message)),
@@ -237,7 +235,7 @@ impl ComputeActivities {
     /// is put back. Returns the cancel's error and what the tenant is now.
     pub(super) async fn undo(
         &self,
-        ctx: &ActivityContext,
+        pulse: Pulse<'_>,
         record: &ExecutionRecord,
     ) -> (ComputeError, Option<TenantOutcome>) {
         let status = &record.status;
@@ -253,7 +251,9 @@ impl ComputeActivities {
             },
         )
         .with_execution_id(&status.execution_id);
-        let put_back = self.put_back(ctx, record, &status.resource_ids, true).await;
+        let put_back = self
+            .put_back(pulse, record, &status.resource_ids, true)
+            .await;
         if put_back != PutBack::Nothing || status.operation != Operation::Provision {
             let outcome = put_back.apply(&mut error);
             return (error, outcome);
@@ -268,7 +268,7 @@ impl ComputeActivities {
             resource_ids: status.resource_ids.clone(),
         };
         let removed = match self.provider.delete(&op, &current).await {
-            Ok(ids) => self.settle(ctx, &op, ids).await,
+            Ok(ids) => self.settle(pulse, &op, ids).await,
             Err(e) => Err(format!("{}: {}", e.code, e.message)),
         };
         match removed {

@@ -38,6 +38,7 @@ mod audit;
 mod definitions;
 mod deliver;
 mod lifecycle;
+mod observer;
 mod start;
 mod watch;
 
@@ -105,13 +106,16 @@ impl Default for ActivitySettings {
     }
 }
 
-/// The activities, sharing one store and one provider.
+/// The activities, sharing one store and one provider (cheap to clone: the observer's tasks
+/// hold a clone each).
+#[derive(Clone)]
 pub struct ComputeActivities {
     store: Arc<dyn ExecutionStore>,
     provider: Arc<dyn ComputeProvider>,
     settings: ActivitySettings,
     callbacks: Arc<Callbacks>,
     cancel_bell: Arc<lifecycle::CancelBell>,
+    observing: Option<Arc<observer::Observing>>,
 }
 
 fn store_err(e: StoreError) -> ComputeError {
@@ -123,6 +127,39 @@ fn store_err(e: StoreError) -> ComputeError {
 fn fail(e: ComputeError, what: &str) -> ComputeError {
     e.log(what);
     e
+}
+
+/// What a long step (a watch, a revert settling) reports that it is alive to: the activity it
+/// runs in, which heartbeats and can be cancelled by the server, or the worker's observer,
+/// which holds no activity and answers to the worker's release alone.
+#[derive(Clone, Copy)]
+pub(super) enum Pulse<'a> {
+    /// Inside an activity.
+    Activity(&'a ActivityContext),
+    /// In the worker's observer.
+    Observer,
+}
+
+impl Pulse<'_> {
+    /// One heartbeat (nothing in the observer). A heartbeat that fails is not the step
+    /// failing: the next one is due soon.
+    async fn beat(self, details: String) {
+        if let Pulse::Activity(ctx) = self {
+            let _ = ctx.record_heartbeat(details).await;
+        }
+    }
+
+    fn is_cancelled(self) -> bool {
+        matches!(self, Pulse::Activity(ctx) if ctx.is_cancelled())
+    }
+
+    /// Resolves when the server cancels the activity; never in the observer.
+    async fn cancelled(self) {
+        match self {
+            Pulse::Activity(ctx) => ctx.cancelled().await,
+            Pulse::Observer => std::future::pending().await,
+        }
+    }
 }
 
 fn op_span(operation: &str, tenant_id: &str) -> Span {
@@ -142,6 +179,7 @@ impl ComputeActivities {
             settings,
             callbacks: Arc::new(Callbacks::default()),
             cancel_bell: Arc::default(),
+            observing: None,
         }
     }
 

@@ -198,10 +198,25 @@ impl ComputeActivities {
             }
         }
 
+        // The provider has it: from here on the worker's observer watches it (this worker's,
+        // or whichever takes it over), whatever becomes of this activity.
+        let observed_here = if record.status.state.is_final() {
+            false
+        } else {
+            self.claim_here(&execution_id).await.map_err(|e| {
+                fail(
+                    e.with_execution_id(&execution_id),
+                    "Putting the execution under observation",
+                )
+            })?
+        };
         crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
         self.ensure_tracker(ctx, &record, target)
             .await
             .map_err(|e| fail(e.with_execution_id(&execution_id), "Starting the tracker"))?;
+        if observed_here {
+            self.adopt(&execution_id);
+        }
         // The tracker may have finished in between (a late attacher): report what is true now.
         if let Ok(Some(now)) = self.store.get_execution(&execution_id).await {
             record = now;
@@ -269,9 +284,14 @@ impl ComputeActivities {
                     ExecutionState::Failed
                 };
                 let tenant = if state == ExecutionState::Failed {
-                    self.put_back(ctx, &record, &ResourceIds::default(), false)
-                        .await
-                        .apply(&mut e)
+                    self.put_back(
+                        Pulse::Activity(ctx),
+                        &record,
+                        &ResourceIds::default(),
+                        false,
+                    )
+                    .await
+                    .apply(&mut e)
                 } else {
                     None
                 };
@@ -312,7 +332,7 @@ impl ComputeActivities {
                 },
                 ..outcome.record.clone()
             };
-            let (error, _) = self.undo(ctx, &undone).await;
+            let (error, _) = self.undo(Pulse::Activity(ctx), &undone).await;
             let note = match &error.rollback_error {
                 Some(why) => format!("undoing what the provider did failed: {why}"),
                 None => "undid what the provider did after the cancel".to_string(),
@@ -434,6 +454,7 @@ impl ComputeActivities {
             timeout_ms: s.timeout_ms,
             max_history_events: self.settings.tracker_max_history_events,
             carried: None,
+            observed: true,
         };
         let options = WorkflowStartOptions::new(
             self.settings.task_queue.clone(),

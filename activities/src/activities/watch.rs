@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The least time between two progress writes of one execution.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
 impl ComputeActivities {
     pub(super) async fn get_status(
         &self,
@@ -26,21 +29,30 @@ impl ComputeActivities {
     ) -> Result<ExecutionStatus, ComputeError> {
         let bell = self.cancel_bell.bell(&input.execution_id);
         let watched = self
-            .watch_until_change(ctx, attempt, input.clone(), &bell)
+            .watch_until_change(Pulse::Activity(ctx), Some(attempt), input.clone(), &bell)
             .await;
         self.cancel_bell.forget(&input.execution_id);
         watched
     }
 
-    async fn watch_until_change(
+    /// Observes the execution until it is final (or, in an activity, until its progress has
+    /// changed for long enough to be worth reporting to the tracker), undoing it when an
+    /// operator cancelled it, and putting the tenant back when it failed.
+    pub(super) async fn watch_until_change(
         &self,
-        ctx: &ActivityContext,
-        attempt: &Attempt,
+        pulse: Pulse<'_>,
+        attempt: Option<&Attempt>,
         input: WatchInput,
         bell: &tokio::sync::Notify,
     ) -> Result<ExecutionStatus, ComputeError> {
         let started = tokio::time::Instant::now();
-        let mut last_progress = input.known_progress.clone();
+        // What the store holds, and when it was last written: progress writes are coalesced
+        // (at most one per PROGRESS_WRITE_INTERVAL per execution), so a provider that reports
+        // on every event does not write on every event. The newest progress is written at the
+        // next look after the interval.
+        let mut stored_progress = input.known_progress.clone();
+        let mut written_at: Option<tokio::time::Instant> = None;
+        let reports_progress = matches!(pulse, Pulse::Activity(_));
         let release = self.settings.release.clone();
         let released = || {
             // Retriable, so the tracker's retry policy resumes the watch on another worker:
@@ -54,7 +66,7 @@ impl ComputeActivities {
             if release.is_cancelled() {
                 return Err(released());
             }
-            if ctx.is_cancelled() {
+            if pulse.is_cancelled() {
                 // Cancelled by the server (the worker is going away or the tracker is gone):
                 // retriable for the same reason.
                 return Err(ComputeError::new(
@@ -72,7 +84,9 @@ impl ComputeActivities {
                 }
                 Err(e) => return Err(store_err(e)),
             };
-            attempt.about_status(&record.status);
+            if let Some(attempt) = attempt {
+                attempt.about_status(&record.status);
+            }
             let span = Span::current();
             span.record("tenant_id", record.status.tenant_id.as_str());
             span.record("operation", record.status.operation.as_str());
@@ -83,7 +97,7 @@ impl ComputeActivities {
                 // Durable: a crash in the middle runs the undo again on the next attempt, and
                 // every step of it is idempotent.
                 tracing::info!("Cancel requested: undoing the execution.");
-                let (error, tenant) = self.undo(ctx, &record).await;
+                let (error, tenant) = self.undo(pulse, &record).await;
                 error.log("The cancelled operation");
                 let outcome = self
                     .store
@@ -115,9 +129,7 @@ impl ComputeActivities {
                     // A flaky observation is not the operation failing: keep watching; the
                     // tracker's timeout bounds how long.
                     e.log("Observing the provider");
-                    let _ = ctx
-                        .record_heartbeat(status.state.as_str().to_string())
-                        .await;
+                    pulse.beat(status.state.as_str().to_string()).await;
                     // At least a short pause: a provider that waits inside `observe` has a
                     // zero interval, and a failing observation must not spin.
                     tokio::select! {
@@ -142,7 +154,7 @@ impl ComputeActivities {
                     // good spec before the failure is recorded, so the record never says the
                     // tenant runs something it does not.
                     let tenant = self
-                        .put_back(ctx, &record, &status.resource_ids, true)
+                        .put_back(pulse, &record, &status.resource_ids, true)
                         .await
                         .apply(&mut e);
                     Transition {
@@ -152,8 +164,9 @@ impl ComputeActivities {
                     }
                 }
                 Observation::InProgress(progress) => {
-                    let _ = ctx.record_heartbeat(progress.message.clone()).await;
-                    if last_progress.as_ref() != Some(&progress) {
+                    pulse.beat(progress.message.clone()).await;
+                    let due = written_at.is_none_or(|at| at.elapsed() >= PROGRESS_WRITE_INTERVAL);
+                    if stored_progress.as_ref() != Some(&progress) && due {
                         let updated = self
                             .store
                             .transition(Transition {
@@ -162,14 +175,24 @@ impl ComputeActivities {
                             })
                             .await
                             .map_err(store_err)?;
-                        last_progress = Some(progress);
-                        if started.elapsed() >= self.settings.progress_report_interval {
+                        stored_progress = Some(progress.clone());
+                        written_at = Some(tokio::time::Instant::now());
+                        if reports_progress
+                            && started.elapsed() >= self.settings.progress_report_interval
+                        {
                             return Ok(updated.record.status);
                         }
                     }
+                    // A progress not written yet is written at the next look after the
+                    // interval, however long the provider waits before it answers.
+                    let pause = if stored_progress.as_ref() != Some(&progress) {
+                        self.provider.poll_interval().min(PROGRESS_WRITE_INTERVAL)
+                    } else {
+                        self.provider.poll_interval()
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(self.provider.poll_interval()) => {}
-                        _ = ctx.cancelled() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = pulse.cancelled() => {}
                         _ = bell.notified() => {}
                         _ = release.cancelled() => return Err(released()),
                     }

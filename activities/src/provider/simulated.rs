@@ -28,9 +28,10 @@ use crate::{
 /// The prefix of a simulated resource id.
 const PREFIX: &str = "simulated:";
 
-/// The longest an observation waits before it answers "in progress" (well under the watch's
-/// heartbeat timeout).
-const MAX_OBSERVE_WAIT: Duration = Duration::from_secs(5);
+/// The longest an observation waits before it answers "in progress" (well under a watch
+/// activity's heartbeat timeout): each answer is a look at the store, so thousands in flight
+/// cost a few hundred reads a second.
+const MAX_OBSERVE_WAIT: Duration = Duration::from_secs(8);
 
 /// The simulated provider's settings (`--simulated-delay`, `--simulated-failure-rate`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -160,11 +161,13 @@ impl ComputeProvider for SimulatedProvider {
             let wait = left.min(MAX_OBSERVE_WAIT);
             tokio::time::sleep(wait).await;
             if wait < left {
+                // The same message for the whole wait, as a real provider's changes only when
+                // something happens: a countdown would be a progress write per look.
+                let ends = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ends_at as i64)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
                 return Ok(Observation::InProgress(Progress {
-                    message: format!(
-                        "simulated: {} s left",
-                        (left - wait).as_secs_f64().ceil() as u64
-                    ),
+                    message: format!("simulated: ends at {ends}"),
                     ready: Some(0),
                     desired: Some(1),
                 }));

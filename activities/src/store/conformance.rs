@@ -53,8 +53,81 @@ pub async fn run_all(store: &dyn ExecutionStore) {
     documents_round_trip(store).await;
     attempts_round_trip(store).await;
     deliveries_count_attempts(store).await;
+    observation_leases(store).await;
     // Last: it checks that nothing the other cases wrote is pruned.
     pruning_removes_only_what_is_old(store).await;
+}
+
+/// An execution under observation belongs to one live observer; a gone or expired observer's
+/// executions are taken over, once each; an ended observation is nobody's.
+async fn observation_leases(store: &dyn ExecutionStore) {
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let begin = store
+            .begin_execution(new_exec(
+                &format!("lease-{n}"),
+                Operation::Provision,
+                None,
+                "1",
+            ))
+            .await
+            .unwrap();
+        ids.push(begin.record.status.execution_id);
+    }
+    let t = 1_000_000;
+    store.observer_alive("a", t + 10_000).await.unwrap();
+    store.observer_alive("b", t + 10_000).await.unwrap();
+    // Nobody's: nothing to take over.
+    assert!(store.claim_orphans("b", t, 10).await.unwrap().is_empty());
+    for id in &ids {
+        assert!(store.claim_observation(id, "a", t).await.unwrap());
+    }
+    // Again by the same observer: still its own.
+    assert!(store.claim_observation(&ids[0], "a", t).await.unwrap());
+    // A live observer's executions are not taken, by a claim or a takeover.
+    assert!(!store.claim_observation(&ids[0], "b", t).await.unwrap());
+    assert!(store.claim_orphans("b", t, 10).await.unwrap().is_empty());
+    let mut mine = store.observed_by("a").await.unwrap();
+    mine.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(mine, expected);
+    // An ended observation is nobody's, even once its observer is gone.
+    store.end_observation(&ids[2], "a").await.unwrap();
+    // `a` stops renewing: past its lease, its executions are taken over, at most `limit` at
+    // a time and each once.
+    let later = t + 10_001;
+    let first = store.claim_orphans("b", later, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let rest = store.claim_orphans("b", later, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(first, rest);
+    assert!(
+        store
+            .claim_orphans("b", later, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!rest.contains(&ids[2]) && !first.contains(&ids[2]));
+    assert_eq!(store.observed_by("a").await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.observed_by("b").await.unwrap().len(), 2);
+    // `a` cannot end what `b` took over.
+    store.end_observation(&ids[0], "a").await.unwrap();
+    assert_eq!(store.observed_by("b").await.unwrap().len(), 2);
+    // A stopped observer's executions go at once, without waiting for the lease.
+    store.observer_gone("b").await.unwrap();
+    let taken = store.claim_orphans("c", t, 10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    // A gone observer's execution can be claimed directly too (a retried start).
+    store.observer_gone("c").await.unwrap();
+    assert!(store.claim_observation(&ids[0], "a", t).await.unwrap());
+    for id in &ids {
+        store.end_observation(id, "a").await.unwrap();
+        store.end_observation(id, "c").await.unwrap();
+    }
+    assert!(store.observed_by("c").await.unwrap().is_empty());
+    store.observer_gone("a").await.unwrap();
 }
 
 /// An empty store knows no provider; an execution makes its provider known, and only it; an

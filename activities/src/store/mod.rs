@@ -461,6 +461,34 @@ pub trait ExecutionStore: Send + Sync + 'static {
         let _ = provider;
         Ok(false)
     }
+
+    /// Observation leases (see [`crate::observer`]): `observer` is alive until `until_ms`
+    /// (milliseconds since the epoch). One row per worker, whatever it watches: keeping
+    /// thousands of executions costs one write per renewal.
+    async fn observer_alive(&self, observer: &str, until_ms: i64) -> Result<()>;
+
+    /// `observer` is gone (its worker stops): what it watched is taken over at once.
+    async fn observer_gone(&self, observer: &str) -> Result<()>;
+
+    /// Puts an execution under observation by `observer`, unless another observer that is
+    /// alive at `now_ms` has it. True when `observer` has it now.
+    async fn claim_observation(
+        &self,
+        execution_id: &str,
+        observer: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// Takes over at most `limit` executions under observation whose observer is gone at
+    /// `now_ms`, and returns their ids.
+    async fn claim_orphans(&self, observer: &str, now_ms: i64, limit: u32) -> Result<Vec<String>>;
+
+    /// Ends the observation of an execution by `observer` (its tracker was told the final
+    /// state); does nothing if another observer took it over.
+    async fn end_observation(&self, execution_id: &str, observer: &str) -> Result<()>;
+
+    /// The executions `observer` watches (their ids).
+    async fn observed_by(&self, observer: &str) -> Result<Vec<String>>;
 }
 
 /// Opens the store a database URL names and runs its migrations: `sqlite:...` for SQLite,

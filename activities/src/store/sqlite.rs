@@ -685,6 +685,92 @@ impl ExecutionStore for SqliteStore {
         .await
         .map_err(StoreError::from_sqlx)
     }
+
+    async fn observer_alive(&self, observer: &str, until_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO observers (observer, alive_until) VALUES (?1, ?2)
+             ON CONFLICT (observer) DO UPDATE SET alive_until = excluded.alive_until",
+        )
+        .bind(observer)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn observer_gone(&self, observer: &str) -> Result<()> {
+        sqlx::query("DELETE FROM observers WHERE observer = ?1")
+            .bind(observer)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn claim_observation(
+        &self,
+        execution_id: &str,
+        observer: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET observing = 1, observer = ?2
+             WHERE execution_id = ?1 AND (observing = 0 OR observer IS NULL OR observer = ?2
+               OR NOT EXISTS (SELECT 1 FROM observers o
+                              WHERE o.observer = executions.observer AND o.alive_until >= ?3))",
+        )
+        .bind(execution_id)
+        .bind(observer)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn claim_orphans(&self, observer: &str, now_ms: i64, limit: u32) -> Result<Vec<String>> {
+        // One statement: SQLite runs one writer at a time, so two workers never take the same
+        // orphan.
+        sqlx::query_scalar(
+            "UPDATE executions SET observer = ?1
+             WHERE execution_id IN (
+               SELECT e.execution_id FROM executions e
+               LEFT JOIN observers o ON o.observer = e.observer
+               WHERE e.observing = 1 AND e.observer IS NOT ?1
+                 AND (o.observer IS NULL OR o.alive_until < ?2)
+               LIMIT ?3)
+             RETURNING execution_id",
+        )
+        .bind(observer)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)
+    }
+
+    async fn end_observation(&self, execution_id: &str, observer: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE executions SET observing = 0 WHERE execution_id = ?1 AND observer = ?2",
+        )
+        .bind(execution_id)
+        .bind(observer)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn observed_by(&self, observer: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT execution_id FROM executions WHERE observing = 1 AND observer = ?1",
+        )
+        .bind(observer)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)
+    }
 }
 
 #[cfg(test)]

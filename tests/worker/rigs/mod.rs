@@ -30,6 +30,10 @@ pub use worker::{
     worker_log_tail,
 };
 
+/// What a worker logs when its observer starts watching an execution: the operation is in
+/// flight and nothing holds an activity for it.
+pub const OBSERVING: &str = "Observing the execution.";
+
 /// Python's scripts directory (where pip puts `temporal` and `moto_server`).
 fn python_scripts_dir() -> PathBuf {
     let out = Command::new("python3")

@@ -9,10 +9,14 @@ use std::{
 };
 
 use aws_sdk_ecs::{Client, types::Service};
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::errors::classify;
 use crate::provider::kit::{Look, look_until};
+
+/// How many `DescribeServices` calls a cycle makes at once.
+const DESCRIBES_AT_ONCE: usize = 4;
 
 /// What the observer last saw of one service.
 #[derive(Debug, Clone)]
@@ -97,48 +101,56 @@ impl Observer {
         if names.is_empty() {
             return;
         }
-        for chunk in names.chunks(10) {
-            let result = self
-                .client
-                .describe_services()
-                .cluster(&self.cluster)
-                .set_services(Some(chunk.to_vec()))
-                .send()
-                .await;
-            match result {
-                Ok(out) => {
-                    let now = Instant::now();
-                    // Built before taking the lock, so the lock guards map updates only.
-                    let seen: Vec<(String, Snapshot)> = chunk
-                        .iter()
-                        .map(|name| {
-                            let service = out
-                                .services()
-                                .iter()
-                                .find(|s| s.service_name() == Some(name.as_str()))
-                                .cloned();
-                            tracing::debug!(service = %name, status = ?service.as_ref().and_then(|s| s.status()), running = ?service.as_ref().map(|s| s.running_count()), "Described ECS service.");
-                            (
-                                name.clone(),
-                                Snapshot {
-                                    service,
-                                    seen_at: now,
-                                },
-                            )
-                        })
-                        .collect();
-                    let mut st = self.state();
-                    st.describe_calls += 1;
-                    st.snapshots.extend(seen);
-                }
-                Err(e) => {
-                    self.state().describe_calls += 1;
-                    let e = classify("DescribeServices", &e, &self.cluster);
-                    tracing::warn!(code = %e.code, error = %e.message, "Observing ECS services failed; will retry.");
-                }
+        // A few batches at once: a cycle over a thousand services is a hundred calls, and
+        // one after another they would take longer than the interval. Bounded, to stay well
+        // under the API's request rate.
+        futures::stream::iter(names.chunks(10))
+            .for_each_concurrent(DESCRIBES_AT_ONCE, |chunk| self.describe(chunk))
+            .await;
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// Describes one batch of services and keeps what ECS said.
+    async fn describe(&self, chunk: &[String]) {
+        let result = self
+            .client
+            .describe_services()
+            .cluster(&self.cluster)
+            .set_services(Some(chunk.to_vec()))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let now = Instant::now();
+                // Built before taking the lock, so the lock guards map updates only.
+                let seen: Vec<(String, Snapshot)> = chunk
+                    .iter()
+                    .map(|name| {
+                        let service = out
+                            .services()
+                            .iter()
+                            .find(|s| s.service_name() == Some(name.as_str()))
+                            .cloned();
+                        tracing::debug!(service = %name, status = ?service.as_ref().and_then(|s| s.status()), running = ?service.as_ref().map(|s| s.running_count()), "Described ECS service.");
+                        (
+                            name.clone(),
+                            Snapshot {
+                                service,
+                                seen_at: now,
+                            },
+                        )
+                    })
+                    .collect();
+                let mut st = self.state();
+                st.describe_calls += 1;
+                st.snapshots.extend(seen);
+            }
+            Err(e) => {
+                self.state().describe_calls += 1;
+                let e = classify("DescribeServices", &e, &self.cluster);
+                tracing::warn!(code = %e.code, error = %e.message, "Observing ECS services failed; will retry.");
             }
         }
-        self.tick.send_modify(|t| *t += 1);
     }
 
     /// The service as described after `since`, waiting up to `within` for a cycle.

@@ -6,7 +6,7 @@
 //! no-op and an update is a diff. Completion comes from watches, not polls: one shared
 //! `Watch` per worker (a reflector each for Deployments, ReplicaSets and Pods, all selected
 //! by `app.kubernetes.io/managed-by=compute-worker`) feeds every in-flight execution, and an
-//! observation wakes as soon as any of them changes.
+//! observation wakes as soon as one of its own tenant's objects changes.
 //!
 //! Its settings ([`config`]) are compiled always; the provider itself only with the
 //! `kubernetes` feature, one file per role: `provider` makes the API calls of an operation,

@@ -383,7 +383,8 @@ impl ComputeProvider for KubernetesProvider {
             .unwrap_or_else(|| object_name(&op.tenant_id));
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.observe_window_ms);
-        let look = look_until(&watch.changes, deadline, async || {
+        let bell = watch.bells.of(&ns, &op.tenant_id);
+        let look = look_until(&bell, deadline, async || {
             Ok(match self.observe_once(&watch, op, &ns, &name).await? {
                 progress @ Observation::InProgress(_) => Look::NotYet(progress),
                 done => Look::Done(done),

@@ -1,10 +1,11 @@
 //! The shared watches: one reflector per kind (Deployments, ReplicaSets, Pods) over every
 //! object the worker manages, started once per worker and read by every in-flight
-//! observation, which wakes on their changes instead of polling.
+//! observation, which wakes on the changes of its own tenant's objects instead of polling.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -25,15 +26,75 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use super::naming::{MANAGED_BY, MANAGED_BY_LABEL};
+use super::naming::{MANAGED_BY, MANAGED_BY_LABEL, TENANT_LABEL};
+
+/// Wake-ups per tenant: an event about one tenant's objects (its Deployment, ReplicaSets or
+/// pods, in one namespace) wakes only the observations of that tenant, so a hundred
+/// operations in flight do not each look again at every event of the others. A relist (a
+/// watch that restarted) wakes every observation.
+#[derive(Debug, Default)]
+pub(super) struct Bells {
+    by_tenant: Mutex<BellMap>,
+}
+
+/// (namespace, tenant id) -> the bell its observations wait on.
+type BellMap = HashMap<(String, String), Arc<watch::Sender<u64>>>;
+
+impl Bells {
+    fn map(&self) -> std::sync::MutexGuard<'_, BellMap> {
+        self.by_tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bell of one tenant's objects in `namespace`, for an observation to wait on.
+    pub(super) fn of(&self, namespace: &str, tenant_id: &str) -> Arc<watch::Sender<u64>> {
+        let mut map = self.map();
+        let key = (namespace.to_string(), tenant_id.to_string());
+        if let Some(bell) = map.get(&key) {
+            return bell.clone();
+        }
+        // Bells no observation holds any more go when a new one comes.
+        map.retain(|_, bell| Arc::strong_count(bell) > 1);
+        map.entry(key)
+            .or_insert_with(|| Arc::new(watch::channel(0).0))
+            .clone()
+    }
+
+    fn ring(&self, namespace: Option<&str>, tenant_id: Option<&str>) {
+        let (Some(ns), Some(tenant)) = (namespace, tenant_id) else {
+            return;
+        };
+        let bell = self
+            .map()
+            .get(&(ns.to_string(), tenant.to_string()))
+            .cloned();
+        if let Some(bell) = bell {
+            bell.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    fn ring_all(&self) {
+        let bells: Vec<_> = self.map().values().cloned().collect();
+        for bell in bells {
+            bell.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    fn ring_for<K: Resource>(&self, obj: &K) {
+        let meta = obj.meta();
+        let tenant = meta.labels.as_ref().and_then(|l| l.get(TENANT_LABEL));
+        self.ring(meta.namespace.as_deref(), tenant.map(String::as_str));
+    }
+}
 
 /// The shared watches: one reflector per kind, over every object the worker manages.
 pub struct Watch {
     pub(super) deployments: Store<Deployment>,
     pub(super) replica_sets: Store<ReplicaSet>,
     pub(super) pods: Store<Pod>,
-    /// Bumped on every event of any of the watches: what an observation waits on.
-    pub(super) changes: watch::Sender<u64>,
+    /// Rung by the events of each tenant's objects: what an observation waits on.
+    pub(super) bells: Arc<Bells>,
     connections: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -48,28 +109,19 @@ impl Drop for Watch {
 
 impl Watch {
     pub(super) fn start(client: &Client, namespace: Option<&str>) -> Watch {
-        let (changes, _) = watch::channel(0u64);
+        let bells = Arc::new(Bells::default());
         let connections = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        let deployments = spawn_reflector::<Deployment>(
-            api(client, namespace),
-            &changes,
-            &connections,
-            &mut tasks,
-        );
-        let replica_sets = spawn_reflector::<ReplicaSet>(
-            api(client, namespace),
-            &changes,
-            &connections,
-            &mut tasks,
-        );
-        let pods =
-            spawn_reflector::<Pod>(api(client, namespace), &changes, &connections, &mut tasks);
+        let deployments =
+            spawn_reflector::<Deployment>(api(client, namespace), &bells, &connections, &mut tasks);
+        let replica_sets =
+            spawn_reflector::<ReplicaSet>(api(client, namespace), &bells, &connections, &mut tasks);
+        let pods = spawn_reflector::<Pod>(api(client, namespace), &bells, &connections, &mut tasks);
         Watch {
             deployments,
             replica_sets,
             pods,
-            changes,
+            bells,
             connections,
             tasks,
         }
@@ -106,7 +158,7 @@ where
 
 fn spawn_reflector<K>(
     api: Api<K>,
-    changes: &watch::Sender<u64>,
+    bells: &Arc<Bells>,
     connections: &Arc<AtomicUsize>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Store<K>
@@ -118,16 +170,19 @@ where
     // A plain list + watch: the 1.20 API servers still in use have no streaming lists.
     let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let stream = watcher(api, config).default_backoff().reflect(writer);
-    let changes = changes.clone();
+    let bells = bells.clone();
     let connections = connections.clone();
     tasks.push(tokio::spawn(async move {
         connections.fetch_add(1, Ordering::Relaxed);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
-                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    bells.ring_for(&obj);
                 }
+                // A relist may have changed anything: everyone looks again once it is whole.
+                Ok(watcher::Event::InitDone) => bells.ring_all(),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "Kubernetes watch failed; it restarts with backoff.");
                 }
@@ -136,4 +191,54 @@ where
         connections.fetch_sub(1, Ordering::Relaxed);
     }));
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn pod(namespace: &str, tenant: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                labels: Some(BTreeMap::from([(TENANT_LABEL.into(), tenant.into())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_event_wakes_only_its_own_tenants_observations() {
+        let bells = Bells::default();
+        let a = bells.of("ns", "a");
+        let b = bells.of("ns", "b");
+        let a_elsewhere = bells.of("other", "a");
+        let (mut ra, rb, rx) = (a.subscribe(), b.subscribe(), a_elsewhere.subscribe());
+        bells.ring_for(&pod("ns", "a"));
+        assert!(ra.has_changed().unwrap());
+        assert!(!rb.has_changed().unwrap());
+        assert!(!rx.has_changed().unwrap());
+        ra.borrow_and_update();
+        // An object without the tenant label wakes nobody; a relist wakes everybody.
+        bells.ring_for(&Pod::default());
+        assert!(!ra.has_changed().unwrap());
+        bells.ring_all();
+        assert!(
+            ra.has_changed().unwrap() && rb.has_changed().unwrap() && rx.has_changed().unwrap()
+        );
+        // The same tenant's observations share one bell; a bell nobody holds goes.
+        assert!(Arc::ptr_eq(&a, &bells.of("ns", "a")));
+        drop((b, rb));
+        let _c = bells.of("ns", "c");
+        assert!(
+            !bells
+                .map()
+                .contains_key(&("ns".to_string(), "b".to_string()))
+        );
+    }
 }

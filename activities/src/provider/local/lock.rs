@@ -24,6 +24,21 @@ pub(super) struct TenantGuard {
 }
 
 impl LocalProvider {
+    /// Waits until no operation of this worker on the tenant is under way (without taking
+    /// anything, creating anything, or waiting for other workers): an observation that finds
+    /// its process gone reads the record only after a concurrent update has written it.
+    pub(super) async fn wait_for_tenant_operations(&self, tenant_id: &str) {
+        let lock = self
+            .tenant_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant_id)
+            .cloned();
+        if let Some(lock) = lock {
+            drop(lock.lock().await);
+        }
+    }
+
     /// Takes both of the tenant's locks, creating its directory if needed.
     pub(super) async fn lock_tenant(&self, tenant_id: &str) -> Result<TenantGuard> {
         let lock = self

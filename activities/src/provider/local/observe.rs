@@ -96,7 +96,10 @@ impl LocalProvider {
         loop {
             if !identity.is_live() {
                 // A concurrent operation on the tenant may have replaced this process: that is
-                // a conflict a retry resolves, not a crash of the workload.
+                // a conflict a retry resolves, not a crash of the workload. An update stops the
+                // old process before it records the new one, so the record is read once it is
+                // done.
+                self.wait_for_tenant_operations(&op.tenant_id).await;
                 if let Some(current) = self.read_record(&op.tenant_id).await.ok().flatten()
                     && current.identity() != identity
                     && current.execution_id != op.execution_id

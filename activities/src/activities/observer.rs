@@ -1,0 +1,302 @@
+//! The worker's observer: every execution this worker put under observation (or took over
+//! from a worker that went away) is watched by a task in this process until it is final, and
+//! then its tracker is woken. No activity slot, no heartbeat and no workflow task is spent
+//! per execution while it runs, so the number in flight is bounded by memory, not by slots.
+//!
+//! Durability comes from the store, not from Temporal: an execution is `observing` from the
+//! moment the provider took it until its tracker was woken after the final state, and its
+//! `observer` is the worker watching it. Each observer keeps one row alive in `observers`
+//! (one write per renewal, however many executions it watches); when a worker stops it
+//! removes its row, and when one is killed its row expires, and in both cases another
+//! worker's observer takes its executions over at its next scan. A wake-up lost to a crash
+//! after the final state is sent again by whoever takes the execution over; and a tracker
+//! also looks at the store on a long durable timer, the last line if every worker is gone.
+
+use std::collections::HashSet;
+
+use temporalio_client::Client;
+
+use super::*;
+
+/// How long an observer counts as alive after its last renewal.
+const LEASE: Duration = Duration::from_secs(10);
+/// How often an observer renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How often an observer looks for executions whose observer is gone.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// The most executions one scan takes over.
+const CLAIM_BATCH: u32 = 1_000;
+/// Backoff bounds for a step that keeps failing (a store or Temporal that is down).
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MOST: Duration = Duration::from_secs(30);
+
+/// One observer per worker (see the module's documentation).
+pub(super) struct Observing {
+    /// Its name in the store's `observers` table: unique per process.
+    id: String,
+    /// To wake trackers.
+    client: Client,
+    /// The executions it has a task for.
+    running: Mutex<HashSet<String>>,
+}
+
+impl Observing {
+    pub(super) fn new(client: Client) -> Self {
+        let seed = format!(
+            "{}:{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        Observing {
+            id: format!(
+                "observer-{}-{}",
+                std::process::id(),
+                compute_contract::digest::sha256_hex(seed, 12)
+            ),
+            client,
+            running: Mutex::default(),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn epoch_ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// Sleeps `pause` unless the worker is released first (false then).
+async fn pause_unless_released(release: &CancellationToken, pause: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = release.cancelled() => false,
+    }
+}
+
+fn next_backoff(pause: Duration) -> Duration {
+    (pause * 2).min(RETRY_MOST)
+}
+
+impl ComputeActivities {
+    /// Gives these activities the worker's observer, which wakes trackers through `client`.
+    /// Without one (tests of the activities alone) an execution is put under observation in
+    /// the store, and a worker with an observer takes it over.
+    pub fn with_observer(self, client: Client) -> Self {
+        ComputeActivities {
+            observing: Some(Arc::new(Observing::new(client))),
+            ..self
+        }
+    }
+
+    /// The observer's name in the store (none without an observer).
+    pub fn observer_id(&self) -> Option<&str> {
+        self.observing.as_deref().map(|o| o.id.as_str())
+    }
+
+    /// Runs the observer until the worker is released: keeps its lease alive, takes over the
+    /// executions of observers that are gone, and on release gives up its lease so that
+    /// another worker takes its executions over at once. Without an observer it returns.
+    pub async fn run_observer(&self) {
+        let Some(obs) = self.observing.clone() else {
+            return;
+        };
+        let release = self.settings.release.clone();
+        let mut last_renewal: Option<tokio::time::Instant> = None;
+        let mut pause = SCAN_EVERY;
+        tracing::info!(observer = %obs.id, "The observer runs.");
+        loop {
+            let mut ok = true;
+            if last_renewal.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
+                let until = Utc::now() + LEASE;
+                match self.store.observer_alive(&obs.id, epoch_ms(until)).await {
+                    Ok(()) => last_renewal = Some(tokio::time::Instant::now()),
+                    Err(e) => {
+                        ok = false;
+                        tracing::warn!(error = %e, "Could not renew the observer's lease; retrying.");
+                    }
+                }
+            }
+            // Only while the lease is surely ours: an observer that cannot renew must not
+            // take over more.
+            if ok {
+                match self
+                    .store
+                    .claim_orphans(&obs.id, epoch_ms(Utc::now()), CLAIM_BATCH)
+                    .await
+                {
+                    Ok(ids) => {
+                        if !ids.is_empty() {
+                            tracing::info!(
+                                count = ids.len(),
+                                "Took over executions whose observer is gone."
+                            );
+                        }
+                        for id in ids {
+                            self.adopt(&id);
+                        }
+                    }
+                    Err(e) => {
+                        ok = false;
+                        tracing::warn!(error = %e, "Could not look for executions to take over; retrying.");
+                    }
+                }
+            }
+            pause = if ok { SCAN_EVERY } else { next_backoff(pause) };
+            if !pause_unless_released(&release, pause).await {
+                break;
+            }
+        }
+        // The tasks stop at the release; the lease goes with them.
+        if let Err(e) = self.store.observer_gone(&obs.id).await {
+            tracing::warn!(error = %e, "Could not give up the observer's lease: its executions are taken over when it expires.");
+        }
+        tracing::info!(observer = %obs.id, "The observer stopped.");
+    }
+
+    /// Puts an execution under observation by this worker, unless another live observer
+    /// has it; true when this worker's observer has it (and should [`Self::adopt`] it). Called
+    /// by the start path once the provider took the operation; its error is the store's.
+    pub(super) async fn claim_here(&self, execution_id: &str) -> Result<bool, ComputeError> {
+        // The activities alone (no worker) record it for a worker's observer to take over.
+        let observer = self.observer_id().unwrap_or_default();
+        self.store
+            .claim_observation(execution_id, observer, epoch_ms(Utc::now()))
+            .await
+            .map(|mine| mine && self.observing.is_some())
+            .map_err(store_err)
+    }
+
+    /// Starts this worker's task for an execution it observes, unless one runs.
+    pub(super) fn adopt(&self, execution_id: &str) {
+        let Some(obs) = &self.observing else { return };
+        if !obs.running().insert(execution_id.to_string()) {
+            return;
+        }
+        let this = self.clone();
+        let execution_id = execution_id.to_string();
+        let span = tracing::info_span!("observe", execution_id = %execution_id, tenant_id = Empty, operation = Empty);
+        tokio::spawn(
+            async move {
+                this.observe_to_end(&execution_id).await;
+                if let Some(obs) = &this.observing {
+                    obs.running().remove(&execution_id);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Watches one execution to its final state, wakes its tracker, and ends the
+    /// observation. Returns early only when the worker is released (the lease then passes
+    /// the execution to another worker).
+    async fn observe_to_end(&self, execution_id: &str) {
+        let Some(obs) = self.observing.clone() else {
+            return;
+        };
+        let release = self.settings.release.clone();
+        tracing::info!("Observing the execution.");
+        let bell = self.cancel_bell.bell(execution_id);
+        let mut pause = RETRY_FIRST;
+        let status = loop {
+            let input = WatchInput {
+                execution_id: execution_id.to_string(),
+                known_progress: None,
+            };
+            match self
+                .watch_until_change(Pulse::Observer, None, input, &bell)
+                .await
+            {
+                Ok(status) if status.state.is_final() => break Some(status),
+                Ok(_) => pause = RETRY_FIRST,
+                Err(_) if release.is_cancelled() => break None,
+                Err(e) if e.code == ErrorCode::NotFound => {
+                    // Gone from the store (pruned by an operator): nothing to watch or tell.
+                    tracing::warn!("The execution under observation is not in the store any more.");
+                    let _ = self.store.end_observation(execution_id, &obs.id).await;
+                    break None;
+                }
+                Err(e) => {
+                    // The watch itself keeps going through a flaky provider; what ends here
+                    // is the store (or an undo) failing. Nothing is lost: look again.
+                    e.log("Observing the execution");
+                    pause = next_backoff(pause);
+                }
+            }
+            if !pause_unless_released(&release, pause).await {
+                break None;
+            }
+        };
+        self.cancel_bell.forget(execution_id);
+        let Some(status) = status else { return };
+        // The tracker is woken until Temporal takes the signal: a wake-up is never dropped
+        // while this worker runs (and a worker that takes over sends it again).
+        let mut pause = RETRY_FIRST;
+        loop {
+            match self.wake_tracker(&obs.client, &status).await {
+                Ok(()) => break,
+                Err(e) => {
+                    e.log("Waking the tracker");
+                    pause = next_backoff(pause);
+                    if !pause_unless_released(&release, pause).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.end_observation(execution_id, &obs.id).await {
+            // Still ours in the store: whoever takes it over wakes the tracker again, which
+            // reads the store and finds nothing new to do.
+            tracing::warn!(error = %e, "Could not end the observation in the store.");
+        }
+    }
+
+    /// Signals the tracker that its execution changed. A tracker that is not running yet
+    /// reads the store when it starts, and one that finished has nothing left to hear.
+    async fn wake_tracker(
+        &self,
+        client: &Client,
+        status: &ExecutionStatus,
+    ) -> Result<(), ComputeError> {
+        let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
+            client.clone(),
+            WorkflowExecutionInfo::builder()
+                .namespace(client.options().namespace.clone())
+                .workflow_id(names::tracker_workflow_id(&status.execution_id))
+                .build(),
+        );
+        let payload = RawValue::from_value(
+            &serde_json::json!({ "state": status.state }),
+            &PayloadConverter::serde_json(),
+        );
+        let options = WorkflowSignalOptions::builder()
+            .request_id(format!(
+                "{}:{}:{}:changed",
+                status.execution_id, status.attempt, status.state
+            ))
+            .build();
+        match handle
+            .signal(
+                UntypedSignal::new(names::SIGNAL_EXECUTION_CHANGED),
+                payload,
+                options,
+            )
+            .await
+        {
+            Ok(()) | Err(WorkflowInteractionError::NotFound(_)) => {
+                tracing::info!(state = %status.state, "Woke the tracker.");
+                Ok(())
+            }
+            Err(e) => Err(ComputeError::new(
+                ErrorCode::ProviderTemporarilyUnavailable,
+                "Temporal did not take the tracker's wake-up signal",
+            )
+            .with_provider("temporal", None)
+            .with_root_cause(e)),
+        }
+    }
+}
