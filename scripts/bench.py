@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -91,10 +92,11 @@ class OurWorker:
 
     def __init__(self, binary: str, workdir: str, delay: str) -> None:
         self.log_path = os.path.join(workdir, f"worker-{delay}.log")
+        self.db_path = os.path.join(workdir, "bench.db")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [binary, "run", "--task-queue", OURS_QUEUE,
-             "--database", f"sqlite://{os.path.join(workdir, 'bench.db')}",
+             "--database", f"sqlite://{self.db_path}",
              "--provider", "simulated", "--simulated-delay", delay,
              "--max-concurrent-activities", os.environ.get("BENCH_MAX_ACTIVITIES", "1000")],
             stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn,compute_worker=info"},
@@ -112,6 +114,18 @@ class OurWorker:
 
     def stats(self) -> dict:
         return proc_stats(self.proc.pid)
+
+    def in_flight(self) -> int:
+        """Executions the store holds as not final (what the observer watches)."""
+        try:
+            db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                return db.execute("SELECT count(*) FROM executions WHERE state IN "
+                                  "('pending', 'running', 'timed_out')").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return 0
 
     def stop(self, kill: bool = False) -> None:
         if self.proc.poll() is None:
@@ -198,6 +212,18 @@ async def scale(client: Client, worker: OurWorker, count: int, delay_s: float, k
             for i in range(chunk, min(count, chunk + 200))))
     started_s = time.perf_counter() - t0
     peak = worker.stats()["hwm"]
+    # Sampled every 2 s: the most operations the store held in flight at once, and the
+    # worker's peak RSS (a killed worker's included).
+    sampled = {"in_flight": 0, "rss": 0.0}
+    current = [worker]
+
+    async def sample() -> None:
+        while True:
+            sampled["in_flight"] = max(sampled["in_flight"], current[0].in_flight())
+            sampled["rss"] = max(sampled["rss"], current[0].stats()["hwm"])
+            await asyncio.sleep(2)
+
+    sampler = asyncio.create_task(sample())
     killed = False
     if kill:
         await asyncio.sleep(max(1.0, delay_s / 2 - started_s))
@@ -205,6 +231,7 @@ async def scale(client: Client, worker: OurWorker, count: int, delay_s: float, k
         worker.stop(kill=True)
         killed = True
         worker = restart()
+        current[0] = worker
     # Every result is a long poll: thousands at once pass the server's per-namespace poller
     # limit (ResourceExhausted), so a bounded number wait at a time, each retried.
     polls = asyncio.Semaphore(100)
@@ -222,8 +249,11 @@ async def scale(client: Client, worker: OurWorker, count: int, delay_s: float, k
 
     results = await asyncio.gather(*(outcome(h) for h in handles))
     done = time.perf_counter() - t0
+    sampler.cancel()
+    peak = max(peak, sampled["rss"])
     ok = sum(1 for r in results if isinstance(r, dict) and r["signal"] == "compute-provisioned")
     return {"count": count, "started_s": started_s, "done_s": done, "delivered": ok,
+            "peak_in_flight": sampled["in_flight"],
             "missing": count - ok, "peak_rss": max(peak, worker.stats()["hwm"]),
             "killed": killed, "worker": worker}
 
@@ -244,7 +274,7 @@ async def main() -> None:
     p.add_argument("--levels", default="1,20,200,1000")
     p.add_argument("--ops", type=int, default=0,
                    help="operations per level (default: max(50, 3 x in flight), at most 3000)")
-    p.add_argument("--scale", type=int, default=10000, help="in flight at once (0: skip)")
+    p.add_argument("--scale", type=int, default=10000, help="operations started at once (0: skip)")
     p.add_argument("--scale-delay", default="5m")
     p.add_argument("--scale-kill", action="store_true",
                    help="kill -9 the worker halfway through the delay, and restart it")
@@ -311,10 +341,11 @@ async def main() -> None:
               f"{ou['events']} | {ou['cpu_ms']:.1f} | {ou['rss']:.0f} |")
     failures = sum(f[x]["failures"] for _, f in rows for x in f)
     if scaled:
-        print(f"\nScale: {scaled['count']} operations in flight at once, simulated delay "
+        print(f"\nScale: {scaled['count']} operations started at once, simulated delay "
               f"{a.scale_delay}{', worker killed -9 halfway and restarted' if scaled['killed'] else ''}: "
               f"started in {scaled['started_s']:.1f} s, all done {scaled['done_s']:.1f} s after the "
               f"first start, {scaled['delivered']} callbacks delivered, {scaled['missing']} missing, "
+              f"at most {scaled['peak_in_flight']} in flight in the store at once, "
               f"worker peak RSS {scaled['peak_rss']:.0f} MiB.")
         failures += scaled["missing"]
     if failures:

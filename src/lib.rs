@@ -266,7 +266,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     )
     .with_observer(client.clone());
     // The observer watches every operation in flight from this process (no activity slot
-    // each) and takes over those of workers that went away.
+    // each) and takes over those of workers that went away. Its lease exists before the
+    // worker takes its first operation.
+    activities
+        .renew_observer_lease()
+        .await
+        .map_err(|e| anyhow!("cannot register the observer in the store: {}", e.message))?;
     let observer = {
         let activities = activities.clone();
         tokio::spawn(async move { activities.run_observer().await })
@@ -295,6 +300,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .register_workflow::<ComputeExecutionTracker>()?
         .register_workflow::<TenantComputeWorkflow>()?
         .graceful_shutdown_period(settings.shutdown_grace)
+        .max_cached_workflows(settings.max_cached_workflows)
         .build();
     let mut worker = Worker::new(&runtime, client, options)
         .map_err(|e| anyhow!("cannot create the worker: {e}"))?;

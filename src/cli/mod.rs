@@ -137,11 +137,15 @@ pub struct RunArgs {
         default_value = "sqlite://compute-worker.db"
     )]
     pub database: DatabaseUrl,
-    /// How many activities the worker runs at once. Every in-flight operation holds one slot
-    /// with its watch (mostly idle, waiting on the provider), so this bounds the operations one
-    /// worker tracks while still taking new requests.
+    /// How many activities the worker runs at once: the short steps (starts, reads,
+    /// deliveries). An operation in flight holds none: the worker's observer watches it.
     #[arg(long, env = "COMPUTE_MAX_CONCURRENT_ACTIVITIES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_activities: u32,
+    /// How many workflow runs the worker keeps in memory between their tasks. A tracker waits
+    /// minutes between two tasks, so one not kept is replayed from its short history when it
+    /// wakes: keeping thousands would cost memory and save little.
+    #[arg(long, env = "COMPUTE_MAX_CACHED_WORKFLOWS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub max_cached_workflows: u32,
     /// Timeout of operations whose request gives none.
     #[arg(long, env = "COMPUTE_DEFAULT_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub default_timeout: Duration,
@@ -203,6 +207,8 @@ pub struct Settings {
     pub default_timeout: Duration,
     /// Activity slots of the worker.
     pub max_concurrent_activities: usize,
+    /// Workflow runs kept in memory.
+    pub max_cached_workflows: usize,
     /// Restate ingresses callbacks may use.
     pub restate_ingress_urls: Vec<String>,
     /// Namespaces `temporal` callbacks may name besides the worker's own.
@@ -224,6 +230,7 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &store::redact_url(&self.database_url))
             .field("default_timeout", &self.default_timeout)
             .field("max_concurrent_activities", &self.max_concurrent_activities)
+            .field("max_cached_workflows", &self.max_cached_workflows)
             .field("restate_ingress_urls", &self.restate_ingress_urls)
             .field("callback_namespaces", &self.callback_namespaces)
             .field("retention", &self.retention)
@@ -245,6 +252,7 @@ impl RunArgs {
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         Ok(Settings {
             max_concurrent_activities: self.max_concurrent_activities as usize,
+            max_cached_workflows: self.max_cached_workflows as usize,
             task_queue: self.task_queue.clone(),
             provider,
             database_url: self.database.0.clone(),

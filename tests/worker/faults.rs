@@ -399,8 +399,18 @@ async fn two_workers_on_one_queue_sharing_postgres_complete_each_operation_once(
             assert_eq!(status["state"], "succeeded", "{id}: {status}");
             let view = query_status(&client, &id).await;
             let cbs = view["callbacks"].as_array().unwrap();
-            assert_eq!(cbs.len(), 1, "{id}: {view}");
-            assert_eq!(cbs[0]["executionId"], status["executionId"], "{view}");
+            // A provision hears of its end by its callback (it settles for 3 s). A delete of
+            // a stopped process may be final already when its start activity answers: the
+            // handle says so, and the caller needs no callback (the tracker's then finds it
+            // done, or gone).
+            if operation == "provision" {
+                assert_eq!(cbs.len(), 1, "{id}: {view}");
+            } else {
+                assert!(cbs.len() <= 1, "{id}: {view}");
+            }
+            for cb in cbs {
+                assert_eq!(cb["executionId"], status["executionId"], "{view}");
+            }
             callbacks += cbs.len();
         }
         for i in 0..TENANTS {

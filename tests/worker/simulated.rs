@@ -135,6 +135,10 @@ async fn a_slow_operation_is_tracked_to_its_end() {
         })
         .count();
     assert_eq!(woken, 1, "{history}");
+    eprintln!(
+        "SIMULATED tracker history events for one slow operation: {}",
+        events.len()
+    );
     assert!(
         events.len() <= 26,
         "{} events in the tracker's history: {history}",

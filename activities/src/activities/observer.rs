@@ -12,7 +12,7 @@
 //! after the final state is sent again by whoever takes the execution over; and a tracker
 //! also looks at the store on a long durable timer, the last line if every worker is gone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use temporalio_client::Client;
 
@@ -20,12 +20,22 @@ use super::*;
 
 /// How long an observer counts as alive after its last renewal.
 const LEASE: Duration = Duration::from_secs(10);
-/// How often an observer renews its lease.
+/// How often an observer renews its lease (on its own timer: nothing else delays it).
 const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// An observer whose last renewal is older than this stops its tasks: past `LEASE` another
+/// worker may take them over, and two observers must not undo or revert one execution. The
+/// margin covers the time a renewal takes and a few seconds of clock difference.
+const LEASE_SAFE: Duration = Duration::from_secs(7);
 /// How often an observer looks for executions whose observer is gone.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// How often it checks its tasks against what the store says it observes (every this many
+/// scans): it adopts what has no task (a start whose task never ran) and stops what another
+/// worker took over.
+const RECONCILE_EVERY: u32 = 10;
 /// The most executions one scan takes over.
 const CLAIM_BATCH: u32 = 1_000;
+/// How long a stopping worker waits for its tasks to end before it gives up its lease.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Backoff bounds for a step that keeps failing (a store or Temporal that is down).
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MOST: Duration = Duration::from_secs(30);
@@ -36,8 +46,11 @@ pub(super) struct Observing {
     id: String,
     /// To wake trackers.
     client: Client,
-    /// The executions it has a task for.
-    running: Mutex<HashSet<String>>,
+    /// The executions it has a task for, with the token that stops each. Only a task's own
+    /// guard removes its entry, so an execution never has two tasks here.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// When the lease was last renewed.
+    renewed: Mutex<Option<Instant>>,
 }
 
 impl Observing {
@@ -58,11 +71,42 @@ impl Observing {
             ),
             client,
             running: Mutex::default(),
+            renewed: Mutex::default(),
         }
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn renewed(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.renewed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the lease surely holds (no other worker can have taken anything over).
+    fn lease_held(&self) -> bool {
+        self.renewed().is_some_and(|at| at.elapsed() < LEASE_SAFE)
+    }
+
+    /// Stops the tasks of these executions (all, with `None`).
+    fn stop(&self, which: Option<&HashSet<String>>) {
+        for (id, token) in self.running().iter() {
+            if which.is_none_or(|w| w.contains(id)) {
+                token.cancel();
+            }
+        }
+    }
+}
+
+/// Removes a task's entry when the task ends, however it ends (a panic included).
+struct TaskGuard {
+    observing: Arc<Observing>,
+    execution_id: String,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.observing.running().remove(&self.execution_id);
     }
 }
 
@@ -98,64 +142,131 @@ impl ComputeActivities {
         self.observing.as_deref().map(|o| o.id.as_str())
     }
 
-    /// Runs the observer until the worker is released: keeps its lease alive, takes over the
-    /// executions of observers that are gone, and on release gives up its lease so that
-    /// another worker takes its executions over at once. Without an observer it returns.
+    /// Renews the observer's lease once. The worker does it before it polls, so that no
+    /// execution is claimed by an observer the others do not see alive yet.
+    pub async fn renew_observer_lease(&self) -> Result<(), ComputeError> {
+        let Some(obs) = &self.observing else {
+            return Ok(());
+        };
+        // Taken before the write: the lease is counted from no later than it was granted.
+        let at = Instant::now();
+        let until = Utc::now() + LEASE;
+        self.store
+            .observer_alive(&obs.id, epoch_ms(until))
+            .await
+            .map_err(store_err)?;
+        *obs.renewed() = Some(at);
+        Ok(())
+    }
+
+    /// Runs the observer until the worker is released: keeps its lease alive (and stops its
+    /// tasks if it cannot), takes over the executions of observers that are gone, and on
+    /// release lets its tasks end, then gives up its lease so that another worker takes its
+    /// executions over at once. Without an observer it returns.
     pub async fn run_observer(&self) {
         let Some(obs) = self.observing.clone() else {
             return;
         };
-        let release = self.settings.release.clone();
-        let mut last_renewal: Option<tokio::time::Instant> = None;
-        let mut pause = SCAN_EVERY;
         tracing::info!(observer = %obs.id, "The observer runs.");
-        loop {
-            let mut ok = true;
-            if last_renewal.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
-                let until = Utc::now() + LEASE;
-                match self.store.observer_alive(&obs.id, epoch_ms(until)).await {
-                    Ok(()) => last_renewal = Some(tokio::time::Instant::now()),
-                    Err(e) => {
-                        ok = false;
-                        tracing::warn!(error = %e, "Could not renew the observer's lease; retrying.");
-                    }
-                }
+        tokio::join!(self.keep_lease(&obs), self.take_over(&obs));
+        let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+            while !obs.running().is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            // Only while the lease is surely ours: an observer that cannot renew must not
-            // take over more.
-            if ok {
-                match self
-                    .store
-                    .claim_orphans(&obs.id, epoch_ms(Utc::now()), CLAIM_BATCH)
-                    .await
-                {
-                    Ok(ids) => {
-                        if !ids.is_empty() {
-                            tracing::info!(
-                                count = ids.len(),
-                                "Took over executions whose observer is gone."
-                            );
-                        }
-                        for id in ids {
-                            self.adopt(&id);
-                        }
-                    }
-                    Err(e) => {
-                        ok = false;
-                        tracing::warn!(error = %e, "Could not look for executions to take over; retrying.");
-                    }
-                }
-            }
-            pause = if ok { SCAN_EVERY } else { next_backoff(pause) };
-            if !pause_unless_released(&release, pause).await {
-                break;
-            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = obs.running().len(),
+                "Some observations did not end in time; giving up the lease anyway."
+            );
         }
-        // The tasks stop at the release; the lease goes with them.
         if let Err(e) = self.store.observer_gone(&obs.id).await {
             tracing::warn!(error = %e, "Could not give up the observer's lease: its executions are taken over when it expires.");
         }
         tracing::info!(observer = %obs.id, "The observer stopped.");
+    }
+
+    async fn keep_lease(&self, obs: &Observing) {
+        let release = &self.settings.release;
+        loop {
+            if let Err(e) = self.renew_observer_lease().await {
+                tracing::warn!(error = %e.message, "Could not renew the observer's lease; retrying.");
+                if !obs.lease_held() && !obs.running().is_empty() {
+                    tracing::error!(
+                        "The observer's lease may have passed to another worker: stopping its observations here (they resume when it is renewed)."
+                    );
+                    obs.stop(None);
+                }
+            }
+            if !pause_unless_released(release, RENEW_EVERY).await {
+                return;
+            }
+        }
+    }
+
+    async fn take_over(&self, obs: &Observing) {
+        let release = &self.settings.release;
+        let mut pause = SCAN_EVERY;
+        let mut scans = 0u32;
+        loop {
+            if obs.lease_held() {
+                let reconcile = scans.is_multiple_of(RECONCILE_EVERY);
+                scans = scans.wrapping_add(1);
+                let scanned = match self.scan(obs, reconcile).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not look for executions to take over; retrying.");
+                        Err(())
+                    }
+                };
+                pause = if scanned.is_ok() {
+                    SCAN_EVERY
+                } else {
+                    next_backoff(pause)
+                };
+            }
+            if !pause_unless_released(release, pause).await {
+                return;
+            }
+        }
+    }
+
+    /// Takes over what other observers left, and with `reconcile` squares this observer's
+    /// tasks with what the store says it observes.
+    async fn scan(&self, obs: &Observing, reconcile: bool) -> Result<(), StoreError> {
+        let ids = self
+            .store
+            .claim_orphans(&obs.id, epoch_ms(Utc::now()), CLAIM_BATCH)
+            .await?;
+        if !ids.is_empty() {
+            tracing::info!(
+                count = ids.len(),
+                "Took over executions whose observer is gone."
+            );
+        }
+        for id in ids {
+            self.adopt(&id);
+        }
+        if reconcile {
+            let mine: HashSet<String> =
+                self.store.observed_by(&obs.id).await?.into_iter().collect();
+            let gone: HashSet<String> = obs
+                .running()
+                .keys()
+                .filter(|id| !mine.contains(*id))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                // Another worker took them over (this one's lease lapsed meanwhile), or they
+                // ended: either way they are not this worker's to watch.
+                obs.stop(Some(&gone));
+            }
+            for id in &mine {
+                self.adopt(id);
+            }
+        }
+        Ok(())
     }
 
     /// Puts an execution under observation by this worker, unless another live observer
@@ -171,21 +282,34 @@ impl ComputeActivities {
             .map_err(store_err)
     }
 
-    /// Starts this worker's task for an execution it observes, unless one runs.
+    /// Starts this worker's task for an execution it observes, unless one runs or the lease
+    /// does not surely hold (the next reconcile adopts it then).
     pub(super) fn adopt(&self, execution_id: &str) {
         let Some(obs) = &self.observing else { return };
-        if !obs.running().insert(execution_id.to_string()) {
+        if self.settings.release.is_cancelled() || !obs.lease_held() {
             return;
         }
-        let this = self.clone();
+        // The task's own release: the worker's, or this task's stop.
+        let token = self.settings.release.child_token();
+        {
+            let mut running = obs.running();
+            if running.contains_key(execution_id) {
+                return;
+            }
+            running.insert(execution_id.to_string(), token.clone());
+        }
+        let mut this = self.clone();
+        this.settings.release = token;
+        let guard = TaskGuard {
+            observing: Arc::clone(obs),
+            execution_id: execution_id.to_string(),
+        };
         let execution_id = execution_id.to_string();
         let span = tracing::info_span!("observe", execution_id = %execution_id, tenant_id = Empty, operation = Empty);
         tokio::spawn(
             async move {
+                let _guard = guard;
                 this.observe_to_end(&execution_id).await;
-                if let Some(obs) = &this.observing {
-                    obs.running().remove(&execution_id);
-                }
             }
             .instrument(span),
         );

@@ -200,23 +200,22 @@ impl ComputeActivities {
 
         // The provider has it: from here on the worker's observer watches it (this worker's,
         // or whichever takes it over), whatever becomes of this activity.
-        let observed_here = if record.status.state.is_final() {
-            false
-        } else {
-            self.claim_here(&execution_id).await.map_err(|e| {
+        // Watched from now, before the tracker exists: a wake-up that finds no tracker is
+        // fine, as a tracker reads the store when it starts.
+        if !record.status.state.is_final()
+            && self.claim_here(&execution_id).await.map_err(|e| {
                 fail(
                     e.with_execution_id(&execution_id),
                     "Putting the execution under observation",
                 )
             })?
-        };
+        {
+            self.adopt(&execution_id);
+        }
         crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
         self.ensure_tracker(ctx, &record, target)
             .await
             .map_err(|e| fail(e.with_execution_id(&execution_id), "Starting the tracker"))?;
-        if observed_here {
-            self.adopt(&execution_id);
-        }
         // The tracker may have finished in between (a late attacher): report what is true now.
         if let Ok(Some(now)) = self.store.get_execution(&execution_id).await {
             record = now;

@@ -724,6 +724,9 @@ impl PostgresStore {
     }
 }
 
+/// How long the row of an observer that stopped renewing is kept (an hour).
+const OBSERVER_ROW_KEPT_MS: i64 = 3_600_000;
+
 #[async_trait]
 impl ExecutionStore for PostgresStore {
     async fn begin_execution(&self, new: NewExecution) -> Result<BeginOutcome> {
@@ -928,6 +931,12 @@ impl ExecutionStore for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
+        // Workers killed long ago: their rows say nothing a missing row does not.
+        sqlx::query("DELETE FROM observers WHERE alive_until < $1")
+            .bind(until_ms.saturating_sub(OBSERVER_ROW_KEPT_MS))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 
@@ -962,17 +971,22 @@ impl ExecutionStore for PostgresStore {
     }
 
     async fn claim_orphans(&self, observer: &str, now_ms: i64, limit: u32) -> Result<Vec<String>> {
-        // Rows another worker is taking over right now are skipped, not waited for.
+        // Picked in a CTE, which Postgres runs once (an `IN (SELECT ... LIMIT)` may be run
+        // again per row, taking more than `limit`); rows another worker is taking over right
+        // now are skipped, not waited for, and checked again when updated.
         sqlx::query_scalar(
-            "UPDATE executions SET observer = $1
-             WHERE execution_id IN (
+            "WITH picked AS (
                SELECT e.execution_id FROM executions e
                LEFT JOIN observers o ON o.observer = e.observer
                WHERE e.observing = 1 AND e.observer IS DISTINCT FROM $1
                  AND (o.observer IS NULL OR o.alive_until < $2)
                LIMIT $3
                FOR UPDATE OF e SKIP LOCKED)
-             RETURNING execution_id",
+             UPDATE executions SET observer = $1
+             FROM picked
+             WHERE executions.execution_id = picked.execution_id
+               AND executions.observing = 1 AND executions.observer IS DISTINCT FROM $1
+             RETURNING executions.execution_id",
         )
         .bind(observer)
         .bind(now_ms)

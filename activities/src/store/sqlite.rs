@@ -220,6 +220,9 @@ impl SqliteStore {
     }
 }
 
+/// How long the row of an observer that stopped renewing is kept (an hour).
+const OBSERVER_ROW_KEPT_MS: i64 = 3_600_000;
+
 #[async_trait]
 impl ExecutionStore for SqliteStore {
     async fn begin_execution(&self, new: NewExecution) -> Result<BeginOutcome> {
@@ -696,6 +699,12 @@ impl ExecutionStore for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
+        // Workers killed long ago: their rows say nothing a missing row does not.
+        sqlx::query("DELETE FROM observers WHERE alive_until < ?1")
+            .bind(until_ms.saturating_sub(OBSERVER_ROW_KEPT_MS))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
 
@@ -740,6 +749,7 @@ impl ExecutionStore for SqliteStore {
                WHERE e.observing = 1 AND e.observer IS NOT ?1
                  AND (o.observer IS NULL OR o.alive_until < ?2)
                LIMIT ?3)
+             AND observing = 1 AND observer IS NOT ?1
              RETURNING execution_id",
         )
         .bind(observer)
