@@ -361,7 +361,7 @@ impl ComputeActivities {
         // while this worker runs (and a worker that takes over sends it again).
         let mut pause = RETRY_FIRST;
         loop {
-            match self.wake_tracker(&obs.client, &status).await {
+            match Box::pin(self.wake_tracker(&obs.client, &status)).await {
                 Ok(()) => break,
                 Err(e) => {
                     e.log("Waking the tracker");
@@ -422,5 +422,47 @@ impl ComputeActivities {
             .with_provider("temporal", None)
             .with_root_cause(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{
+        provider::simulated::{SimulatedConfig, SimulatedProvider},
+        store::sqlite::SqliteStore,
+    };
+
+    /// An operation in flight costs its observation's future and little else: that future
+    /// must stay small (thousands are held at once), so the rare paths it can take (an
+    /// undo, a revert settling) are boxed rather than held inline.
+    #[tokio::test]
+    async fn an_observation_in_flight_is_small() {
+        let store = Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap());
+        let provider = Arc::new(
+            SimulatedProvider::new(SimulatedConfig {
+                delay_ms: 1,
+                failure_rate: 0.0,
+            })
+            .unwrap(),
+        );
+        let activities = ComputeActivities::new(store, provider, ActivitySettings::default());
+        let observe = activities.observe_to_end("x");
+        let bell = tokio::sync::Notify::new();
+        let input = WatchInput {
+            execution_id: "x".into(),
+            known_progress: None,
+        };
+        let watch = activities.watch_until_change(Pulse::Observer, None, input, &bell);
+        let (observe, watch) = (
+            std::mem::size_of_val(&observe),
+            std::mem::size_of_val(&watch),
+        );
+        eprintln!("observe_to_end: {observe} bytes, watch_until_change: {watch} bytes");
+        // Measured at 6.9 KB and 4.1 KB in a debug build (with the undo, the revert and the
+        // wake-up boxed; 9.4 KB and 6.7 KB without).
+        assert!(observe <= 8 * 1024, "{observe} bytes per observation in flight");
     }
 }

@@ -97,7 +97,9 @@ impl ComputeActivities {
                 // Durable: a crash in the middle runs the undo again on the next attempt, and
                 // every step of it is idempotent.
                 tracing::info!("Cancel requested: undoing the execution.");
-                let (error, tenant) = self.undo(pulse, &record).await;
+                // Boxed, as every rare path here: thousands of watches wait at once, and a future
+                // holds its largest branch inline.
+                let (error, tenant) = Box::pin(self.undo(pulse, &record)).await;
                 error.log("The cancelled operation");
                 let outcome = self
                     .store
@@ -153,10 +155,10 @@ impl ComputeActivities {
                     // A failed update (or provision over a good spec) goes back to the last
                     // good spec before the failure is recorded, so the record never says the
                     // tenant runs something it does not.
-                    let tenant = self
-                        .put_back(pulse, &record, &status.resource_ids, true)
-                        .await
-                        .apply(&mut e);
+                    let tenant =
+                        Box::pin(self.put_back(pulse, &record, &status.resource_ids, true))
+                            .await
+                            .apply(&mut e);
                     Transition {
                         error: Some(e),
                         tenant,
