@@ -98,6 +98,8 @@ class OurWorker:
             [binary, "run", "--task-queue", OURS_QUEUE,
              "--database", f"sqlite://{self.db_path}",
              "--provider", "simulated", "--simulated-delay", delay,
+             # Past the longest delay: a timed-out operation tells its caller TIMEOUT first.
+             "--default-timeout", "2h",
              "--max-concurrent-activities", os.environ.get("BENCH_MAX_ACTIVITIES", "1000")],
             stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn,compute_worker=info"},
         )

@@ -463,6 +463,9 @@ mod tests {
         eprintln!("observe_to_end: {observe} bytes, watch_until_change: {watch} bytes");
         // Measured at 6.9 KB and 4.1 KB in a debug build (with the undo, the revert and the
         // wake-up boxed; 9.4 KB and 6.7 KB without).
-        assert!(observe <= 8 * 1024, "{observe} bytes per observation in flight");
+        assert!(
+            observe <= 8 * 1024,
+            "{observe} bytes per observation in flight"
+        );
     }
 }
