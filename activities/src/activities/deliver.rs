@@ -104,38 +104,28 @@ impl ComputeActivities {
             .namespace
             .clone()
             .unwrap_or_else(|| client.options().namespace.clone());
-        let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
-            client,
-            WorkflowExecutionInfo::builder()
-                .namespace(namespace)
-                .workflow_id(t.workflow_id.clone())
-                .maybe_run_id(t.run_id.clone())
-                .build(),
-        );
-        let payload = RawValue::from_value(cb, &PayloadConverter::serde_json());
         // The same request id for the same (execution, state) lets the server drop a
         // duplicate sent by a retried attempt.
-        let options = WorkflowSignalOptions::builder()
-            .request_id(format!(
-                "{}:{}:{}:{}",
-                cb.execution_id, cb.attempt, cb.state, cb.sequence
-            ))
-            .build();
-        match handle
-            .signal(UntypedSignal::new(cb.signal_name()), payload, options)
-            .await
+        let request_id = format!(
+            "{}:{}:{}:{}",
+            cb.execution_id, cb.attempt, cb.state, cb.sequence
+        );
+        match signal_once(
+            client,
+            namespace,
+            t.workflow_id.clone(),
+            t.run_id.clone(),
+            cb.signal_name(),
+            RawValue::from_value(cb, &PayloadConverter::serde_json()),
+            request_id,
+        )
+        .await
         {
-            Ok(()) => Ok(Verdict::Delivered),
-            Err(WorkflowInteractionError::NotFound(status)) => Ok(Verdict::Undeliverable(format!(
-                "workflow not found or closed: {}",
-                status.message()
+            Ok(Signalled::Taken) => Ok(Verdict::Delivered),
+            Ok(Signalled::NotFound(why)) => Ok(Verdict::Undeliverable(format!(
+                "workflow not found or closed: {why}"
             ))),
-            Err(e) => Err(ComputeError::new(
-                ErrorCode::ProviderTemporarilyUnavailable,
-                "Temporal did not accept the callback signal",
-            )
-            .with_provider("temporal", None)
-            .with_root_cause(e)),
+            Err(e) => Err(e.context("Temporal did not accept the callback signal")),
         }
     }
 
@@ -154,5 +144,59 @@ impl ComputeActivities {
             }
         }
         outcome
+    }
+}
+
+/// What one signal to a workflow came to.
+pub(super) enum Signalled {
+    /// Temporal took it.
+    Taken,
+    /// The workflow does not exist or is closed (the server's message).
+    NotFound(String),
+}
+
+/// Why Temporal did not take a signal: retriable, with the client's error as root cause.
+pub(super) struct SignalRefused(WorkflowInteractionError);
+
+impl SignalRefused {
+    /// The failure, saying what was being sent.
+    pub(super) fn context(self, what: &str) -> ComputeError {
+        ComputeError::new(ErrorCode::ProviderTemporarilyUnavailable, what)
+            .with_provider("temporal", None)
+            .with_root_cause(self.0)
+    }
+}
+
+/// Sends one signal with `request_id` (the server drops a repeat with the same id): the one
+/// signalling path of callbacks and of the observer's wake-ups.
+pub(super) async fn signal_once(
+    client: temporalio_client::Client,
+    namespace: String,
+    workflow_id: String,
+    run_id: Option<String>,
+    name: &str,
+    payload: RawValue,
+    request_id: String,
+) -> Result<Signalled, SignalRefused> {
+    let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
+        client,
+        WorkflowExecutionInfo::builder()
+            .namespace(namespace)
+            .workflow_id(workflow_id)
+            .maybe_run_id(run_id)
+            .build(),
+    );
+    let options = WorkflowSignalOptions::builder()
+        .request_id(request_id)
+        .build();
+    match handle
+        .signal(UntypedSignal::new(name), payload, options)
+        .await
+    {
+        Ok(()) => Ok(Signalled::Taken),
+        Err(WorkflowInteractionError::NotFound(status)) => {
+            Ok(Signalled::NotFound(status.message().to_string()))
+        }
+        Err(e) => Err(SignalRefused(e)),
     }
 }

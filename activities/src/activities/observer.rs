@@ -386,41 +386,30 @@ impl ComputeActivities {
         client: &Client,
         status: &ExecutionStatus,
     ) -> Result<(), ComputeError> {
-        let handle: WorkflowHandle<_, UntypedWorkflow> = WorkflowHandle::new(
-            client.clone(),
-            WorkflowExecutionInfo::builder()
-                .namespace(client.options().namespace.clone())
-                .workflow_id(names::tracker_workflow_id(&status.execution_id))
-                .build(),
-        );
         let payload = RawValue::from_value(
             &serde_json::json!({ "state": status.state }),
             &PayloadConverter::serde_json(),
         );
-        let options = WorkflowSignalOptions::builder()
-            .request_id(format!(
-                "{}:{}:{}:changed",
-                status.execution_id, status.attempt, status.state
-            ))
-            .build();
-        match handle
-            .signal(
-                UntypedSignal::new(names::SIGNAL_EXECUTION_CHANGED),
-                payload,
-                options,
-            )
-            .await
+        let request_id = format!(
+            "{}:{}:{}:changed",
+            status.execution_id, status.attempt, status.state
+        );
+        match super::deliver::signal_once(
+            client.clone(),
+            client.options().namespace.clone(),
+            names::tracker_workflow_id(&status.execution_id),
+            None,
+            names::SIGNAL_EXECUTION_CHANGED,
+            payload,
+            request_id,
+        )
+        .await
         {
-            Ok(()) | Err(WorkflowInteractionError::NotFound(_)) => {
+            Ok(_) => {
                 tracing::info!(state = %status.state, "Woke the tracker.");
                 Ok(())
             }
-            Err(e) => Err(ComputeError::new(
-                ErrorCode::ProviderTemporarilyUnavailable,
-                "Temporal did not take the tracker's wake-up signal",
-            )
-            .with_provider("temporal", None)
-            .with_root_cause(e)),
+            Err(e) => Err(e.context("Temporal did not take the tracker's wake-up signal")),
         }
     }
 }
