@@ -876,6 +876,19 @@ impl ComputeCallback {
         }
     }
 
+    /// The sequence number of a callback reporting `state` to callers already told `told`
+    /// (the states reported before, in order): the same state keeps its number, a new one
+    /// takes the next. The tracker and the observer number alike, so that a callback sent by
+    /// both carries one request id and the server drops the repeat.
+    pub fn sequence_for(told: &[ExecutionState], state: ExecutionState) -> u32 {
+        let mut states = told.to_vec();
+        states.dedup();
+        match states.iter().position(|s| *s == state) {
+            Some(i) => i as u32 + 1,
+            None => states.len() as u32 + 1,
+        }
+    }
+
     /// The signal that carries this callback.
     pub fn signal_name(&self) -> &'static str {
         if self.state == ExecutionState::Succeeded {
@@ -889,4 +902,24 @@ impl ComputeCallback {
 /// The current time at the millisecond precision the store keeps.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_keeps_its_sequence_and_a_new_one_takes_the_next() {
+        use ExecutionState::*;
+        assert_eq!(ComputeCallback::sequence_for(&[], Succeeded), 1);
+        assert_eq!(ComputeCallback::sequence_for(&[TimedOut], Succeeded), 2);
+        assert_eq!(
+            ComputeCallback::sequence_for(&[TimedOut, TimedOut], TimedOut),
+            1
+        );
+        assert_eq!(
+            ComputeCallback::sequence_for(&[TimedOut, TimedOut], Failed),
+            2
+        );
+    }
 }

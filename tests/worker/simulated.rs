@@ -5,7 +5,7 @@
 use compute_activities::{contract::ExecutionState, names, store};
 use serde_json::{Value, json};
 
-use crate::rigs::{OBSERVING, WorkerOpts, spawn_worker, workflow_history};
+use crate::rigs::{OBSERVING, WorkerOpts, cli, spawn_worker, workflow_history};
 
 fn simulated(delay: &str, failure_rate: &str) -> WorkerOpts<'static> {
     WorkerOpts {
@@ -113,7 +113,17 @@ async fn a_slow_operation_is_tracked_to_its_end() {
     // Watched by the worker's observer: the tracker's history holds no watch activity and no
     // heartbeat, only its two reads of the store, its wake-up and the delivery.
     assert!(worker.log().contains(OBSERVING));
+    // The caller was told by the observer itself, as soon as the final state was in the
+    // store; the tracker's delivery (after the caller heard: wait for the tracker to end)
+    // found it done and sent nothing (one signal, above).
     let tracker = names::tracker_workflow_id(out[0]["result"]["executionId"].as_str().unwrap());
+    cli(&["workflow", "result", "--workflow-id", &tracker]).unwrap();
+    let log = worker.log();
+    assert!(log.contains("Callback delivered by the observer."), "{log}");
+    assert!(
+        log.contains("Callback delivered before; not sent again."),
+        "{log}"
+    );
     let history = workflow_history(&tracker);
     let events = history["events"].as_array().unwrap();
     let activities: Vec<&str> = events

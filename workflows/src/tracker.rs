@@ -504,13 +504,8 @@ impl ComputeExecutionTracker {
                 return;
             }
             let sequence = ctx.state(|s| {
-                let mut states: Vec<ExecutionState> =
-                    s.deliveries.iter().map(|d| d.state).collect();
-                states.dedup();
-                match states.iter().position(|st| *st == status.state) {
-                    Some(i) => i as u32 + 1,
-                    None => states.len() as u32 + 1,
-                }
+                let told: Vec<ExecutionState> = s.deliveries.iter().map(|d| d.state).collect();
+                ComputeCallback::sequence_for(&told, status.state)
             });
             let callback = ComputeCallback::from_status(status, sequence);
             // Each delivery is recorded as it ends, not when the last one does: a run that

@@ -261,6 +261,17 @@ impl ComputeActivities {
             let span = op_span(cb.operation.as_str(), &cb.tenant_id);
             span.record("execution_id", cb.execution_id.as_str());
             async {
+                // The observer tells the caller that started the operation itself, as soon as
+                // the final state is in the store: the tracker's delivery is then the backstop,
+                // and must not send it again (nor call a caller closed since undeliverable).
+                if self.delivered_before(&input).await {
+                    tracing::info!(target = %input.target.describe(), state = %input.callback.state, "Callback delivered before; not sent again.");
+                    return Ok(DeliveryOutcome {
+                        delivered: true,
+                        undeliverable_reason: None,
+                        attempts: ctx.info().attempt,
+                    });
+                }
                 self.deliver(&ctx, input)
                     .await
                     .map_err(|e| fail(e, "Delivering the callback"))

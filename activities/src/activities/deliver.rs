@@ -12,7 +12,7 @@ impl ComputeActivities {
     ) -> Result<DeliveryOutcome, ComputeError> {
         let attempts = ctx.info().attempt;
         let verdict = match &input.target {
-            CallbackTarget::Temporal(t) => self.signal(ctx, t, &input.callback).await,
+            CallbackTarget::Temporal(t) => self.signal(ctx.client(), t, &input.callback).await,
             other => match self.callbacks.deliver(other, &input.callback).await {
                 // A token is "invalid" once used: if an earlier attempt's answer was lost,
                 // that attempt may be what used it.
@@ -92,14 +92,36 @@ impl ComputeActivities {
         }
     }
 
+    /// Whether the store shows `input`'s target told `input`'s state already (by the
+    /// observer, or by an earlier attempt whose answer was lost). A store that cannot say is
+    /// taken for no: the callback is sent again, at least once.
+    pub(super) async fn delivered_before(&self, input: &DeliverInput) -> bool {
+        let target = input.target.describe();
+        match tokio::time::timeout(
+            AUDIT_WRITE_TIMEOUT,
+            self.store.list_deliveries(&input.callback.execution_id),
+        )
+        .await
+        {
+            // A row is per (target, state), across attempts of the execution: one delivered
+            // before this attempt's end reported an earlier attempt (a re-opened execution).
+            Ok(Ok(deliveries)) => deliveries.iter().any(|d| {
+                d.target == target
+                    && d.state == input.callback.state
+                    && d.outcome == DeliveryState::Delivered
+                    && d.last_attempt_at >= input.callback.finished_at
+            }),
+            _ => false,
+        }
+    }
+
     /// Signals a Temporal workflow (one attempt).
     pub(super) async fn signal(
         &self,
-        ctx: &ActivityContext,
+        client: temporalio_client::Client,
         t: &TemporalCallback,
         cb: &ComputeCallback,
     ) -> Result<Verdict, ComputeError> {
-        let client = ctx.client();
         let namespace = t
             .namespace
             .clone()

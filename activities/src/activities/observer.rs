@@ -14,6 +14,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::messages::MAX_CALLBACK_TARGETS;
+
 use temporalio_client::Client;
 
 use super::*;
@@ -39,6 +41,20 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Backoff bounds for a step that keeps failing (a store or Temporal that is down).
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MOST: Duration = Duration::from_secs(30);
+/// How long the observer spends telling callers directly once an execution is final; what
+/// it has not done by then the tracker does, with its retries.
+const DIRECT_DELIVERY_LIMIT: Duration = Duration::from_secs(5);
+
+/// One execution this observer has a task for.
+struct Watched {
+    /// Stops the task.
+    token: CancellationToken,
+    /// The Temporal workflows that asked for this execution through this worker's start
+    /// activity: told by the observer itself when the final state is in the store, a round
+    /// trip through the tracker sooner. Others (attached later, other kinds, executions
+    /// taken over) are the tracker's alone.
+    callers: Vec<TemporalCallback>,
+}
 
 /// One observer per worker (see the module's documentation).
 pub(super) struct Observing {
@@ -46,9 +62,9 @@ pub(super) struct Observing {
     id: String,
     /// To wake trackers.
     client: Client,
-    /// The executions it has a task for, with the token that stops each. Only a task's own
-    /// guard removes its entry, so an execution never has two tasks here.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// The executions it has a task for. Only a task's own guard removes its entry, so an
+    /// execution never has two tasks here.
+    running: Mutex<HashMap<String, Watched>>,
     /// When the lease was last renewed.
     renewed: Mutex<Option<Instant>>,
 }
@@ -75,7 +91,7 @@ impl Observing {
         }
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -90,9 +106,9 @@ impl Observing {
 
     /// Stops the tasks of these executions (all, with `None`).
     fn stop(&self, which: Option<&HashSet<String>>) {
-        for (id, token) in self.running().iter() {
+        for (id, watched) in self.running().iter() {
             if which.is_none_or(|w| w.contains(id)) {
-                token.cancel();
+                watched.token.cancel();
             }
         }
     }
@@ -246,7 +262,7 @@ impl ComputeActivities {
             );
         }
         for id in ids {
-            self.adopt(&id);
+            self.adopt(&id, None);
         }
         if reconcile {
             let mine: HashSet<String> =
@@ -263,7 +279,7 @@ impl ComputeActivities {
                 obs.stop(Some(&gone));
             }
             for id in &mine {
-                self.adopt(id);
+                self.adopt(id, None);
             }
         }
         Ok(())
@@ -283,20 +299,39 @@ impl ComputeActivities {
     }
 
     /// Starts this worker's task for an execution it observes, unless one runs or the lease
-    /// does not surely hold (the next reconcile adopts it then).
-    pub(super) fn adopt(&self, execution_id: &str) {
+    /// does not surely hold (the next reconcile adopts it then). `caller` (the start
+    /// activity's callback target) is told by the observer itself when it is a Temporal
+    /// workflow.
+    pub(super) fn adopt(&self, execution_id: &str, caller: Option<&CallbackTarget>) {
         let Some(obs) = &self.observing else { return };
         if self.settings.release.is_cancelled() || !obs.lease_held() {
             return;
         }
+        let caller = match caller {
+            Some(CallbackTarget::Temporal(t)) => Some(t.clone()),
+            _ => None,
+        };
         // The task's own release: the worker's, or this task's stop.
         let token = self.settings.release.child_token();
         {
             let mut running = obs.running();
-            if running.contains_key(execution_id) {
+            if let Some(watched) = running.get_mut(execution_id) {
+                // A second caller through this worker (the same idempotency key).
+                if let Some(t) = caller
+                    && !watched.callers.contains(&t)
+                    && watched.callers.len() < MAX_CALLBACK_TARGETS
+                {
+                    watched.callers.push(t);
+                }
                 return;
             }
-            running.insert(execution_id.to_string(), token.clone());
+            running.insert(
+                execution_id.to_string(),
+                Watched {
+                    token: token.clone(),
+                    callers: caller.into_iter().collect(),
+                },
+            );
         }
         let mut this = self.clone();
         this.settings.release = token;
@@ -357,6 +392,7 @@ impl ComputeActivities {
         };
         self.cancel_bell.forget(execution_id);
         let Some(status) = status else { return };
+        self.tell_callers(&obs, &status).await;
         // The tracker is woken until Temporal takes the signal: a wake-up is never dropped
         // while this worker runs (and a worker that takes over sends it again).
         let mut pause = RETRY_FIRST;
@@ -376,6 +412,71 @@ impl ComputeActivities {
             // Still ours in the store: whoever takes it over wakes the tracker again, which
             // reads the store and finds nothing new to do.
             tracing::warn!(error = %e, "Could not end the observation in the store.");
+        }
+    }
+
+    /// Tells the callers this observer knows (see [`Watched::callers`]) the final `status`,
+    /// now in the store, and records each delivery, so that the tracker, woken next, does
+    /// not send them again. Best effort within [`DIRECT_DELIVERY_LIMIT`]: a caller not told
+    /// here (Temporal refused, the store could not say what was sent) is the tracker's, which
+    /// retries; a caller told here and by the tracker too gets one signal, as both send it
+    /// with one request id.
+    async fn tell_callers(&self, obs: &Observing, status: &ExecutionStatus) {
+        let callers = obs
+            .running()
+            .get(&status.execution_id)
+            .map(|w| w.callers.clone())
+            .unwrap_or_default();
+        if callers.is_empty() {
+            return;
+        }
+        let tell = async {
+            let deliveries = match self.store.list_deliveries(&status.execution_id).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not read the deliveries; the tracker tells the callers.");
+                    return;
+                }
+            };
+            let told: Vec<ExecutionState> = deliveries
+                .iter()
+                .filter(|d| d.outcome != DeliveryState::Pending)
+                .map(|d| d.state)
+                .collect();
+            let callback = ComputeCallback::from_status(
+                status,
+                ComputeCallback::sequence_for(&told, status.state),
+            );
+            let sends = callers.into_iter().filter_map(|t| {
+                let target = CallbackTarget::Temporal(t.clone());
+                let described = target.describe();
+                // Told this state at this attempt (a re-opened execution's earlier attempt
+                // ended before this one's end).
+                let done = deliveries.iter().any(|d| {
+                    d.target == described
+                        && d.state == status.state
+                        && d.outcome != DeliveryState::Pending
+                        && d.last_attempt_at >= callback.finished_at
+                });
+                (!done).then(|| {
+                    let callback = callback.clone();
+                    async move {
+                        let verdict = self.signal(obs.client.clone(), &t, &callback).await;
+                        if matches!(verdict, Ok(Verdict::Delivered)) {
+                            tracing::info!(target = %described, state = %callback.state, "Callback delivered by the observer.");
+                        }
+                        let input = DeliverInput { target, callback };
+                        self.record_delivery(&input, &verdict).await;
+                    }
+                })
+            });
+            futures::future::join_all(sends).await;
+        };
+        if tokio::time::timeout(DIRECT_DELIVERY_LIMIT, tell)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Telling the callers took too long; the tracker tells the rest.");
         }
     }
 

@@ -210,7 +210,7 @@ impl ComputeActivities {
                 )
             })?
         {
-            self.adopt(&execution_id);
+            self.adopt(&execution_id, target.as_ref());
         }
         crate::faults::crash_point(crate::faults::BEFORE_TRACKER_START);
         self.ensure_tracker(ctx, &record, target)

@@ -20,8 +20,9 @@ pub use fault_proxy::{Fault, FaultProxy, fault_proxy};
 pub use moto::{EcsNetwork, MotoServer, aws_authorization, ecs_client, moto_server};
 pub use postgres::{OwnPostgres, own_postgres, postgres_database};
 pub use restate::Restate;
+#[allow(unused_imports)] // learned_end_at: the Kubernetes bench's
 pub use temporal::{
-    cli, client, own_temporal_server, signals_received, signals_with_times,
+    cli, client, learned_end_at, own_temporal_server, signals_received, signals_with_times,
     started_activity_attempts, workflow_history, workflow_show_everything,
 };
 pub use worker::{

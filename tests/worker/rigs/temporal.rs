@@ -225,6 +225,45 @@ pub fn signals_with_times(workflow_id: &str) -> Vec<(String, chrono::DateTime<ch
         .collect()
 }
 
+/// When a caller workflow learned the end of its operation: the `signal` it received
+/// (`("signal", at)`), or with none, the completion of its `activity` call, whose handle was
+/// then final (`("handle", at)`).
+#[allow(dead_code)] // the Kubernetes bench's
+pub fn learned_end_at(
+    workflow_id: &str,
+    signal: &str,
+    activity: &str,
+) -> Option<(&'static str, chrono::DateTime<chrono::Utc>)> {
+    let history = workflow_history(workflow_id);
+    let events = history["events"].as_array()?;
+    let at = |e: &Value| {
+        chrono::DateTime::parse_from_rfc3339(e["eventTime"].as_str()?)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    if let Some(t) = events
+        .iter()
+        .find(|e| e["workflowExecutionSignaledEventAttributes"]["signalName"] == signal)
+        .and_then(at)
+    {
+        return Some(("signal", t));
+    }
+    let scheduled: Vec<i64> = events
+        .iter()
+        .filter(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == activity)
+        .map(|e| event_id(&e["eventId"]))
+        .collect();
+    events
+        .iter()
+        .find(|e| {
+            scheduled.contains(&event_id(
+                &e["activityTaskCompletedEventAttributes"]["scheduledEventId"],
+            ))
+        })
+        .and_then(at)
+        .map(|t| ("handle", t))
+}
+
 /// A Temporal dev server of one test's own (the shared one cannot be stopped): a port and a
 /// database file that survive [`stop`](Self::stop) and [`start`](Self::start).
 pub struct OwnTemporalServer {
