@@ -3,6 +3,14 @@
 use clap::Parser;
 use compute_worker::{Cli, Command, telemetry};
 
+// A worker's memory is mostly short-lived allocations from many threads (workflow runs,
+// gRPC buffers, one observation per execution in flight), which glibc's per-thread arenas
+// keep and fragment: at 2,000 operations in flight the same build peaked at 115 MiB RSS on
+// glibc and 103 MiB on jemalloc.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

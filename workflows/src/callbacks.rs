@@ -90,7 +90,7 @@ pub async fn with_heartbeats<W, T>(
         };
         let interval = heartbeat_interval(&input.targets).unwrap_or(MIN_HEARTBEAT_INTERVAL);
         let targets = input.targets.clone();
-        let mut timer = ctx.timer(interval);
+        let mut timer = crate::timer::timer(ctx, interval);
         let fired = temporalio_sdk::workflows::select! {
             out = work.as_mut() => {
                 timer.cancel();

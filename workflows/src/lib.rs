@@ -12,6 +12,7 @@
 pub mod callbacks;
 pub mod policy;
 pub mod tenant;
+mod timer;
 pub mod tracker;
 
 use compute_contract::{ComputeError, ErrorCode};

@@ -310,7 +310,7 @@ impl TenantComputeWorkflow {
                         reattach = Some((id.clone(), execution_attempt));
                     } else {
                         ctx.state_mut(|s| s.view.phase = "backoff".into());
-                        ctx.timer(policy.backoff(attempt)).await;
+                        crate::timer::timer(ctx, policy.backoff(attempt)).await;
                     }
                     attempt += 1;
                 }
@@ -438,7 +438,7 @@ impl TenantComputeWorkflow {
         loop {
             ctx.state_mut(|s| s.view.phase = "waiting".into());
             let id = execution_id.to_string();
-            let mut timer = ctx.timer(policy.callback_timeout);
+            let mut timer = crate::timer::timer(ctx, policy.callback_timeout);
             let got_callback = temporalio_sdk::workflows::select! {
                 r = ctx.wait_condition(move |s: &Self| {
                     s.view.callbacks.iter().any(|c| {

@@ -354,9 +354,10 @@ impl ComputeExecutionTracker {
         });
         // No timer once the timeout was reported (by an earlier run).
         let mut timer = (!ctx.state(|s| s.timed_out)).then(|| {
-            ctx.timer(Duration::from_millis(
-                deadline_ms.saturating_sub(now_ms).max(1),
-            ))
+            crate::timer::timer(
+                ctx,
+                Duration::from_millis(deadline_ms.saturating_sub(now_ms).max(1)),
+            )
         });
         let mut status = first;
         if input.observed {
@@ -425,7 +426,7 @@ impl ComputeExecutionTracker {
                     _ = &mut *t => true,
                 },
                 _ => {
-                    let mut fallback = ctx.timer(OBSERVER_FALLBACK);
+                    let mut fallback = crate::timer::timer(ctx, OBSERVER_FALLBACK);
                     temporalio_sdk::workflows::select! {
                         _ = woken.as_mut() => fallback.cancel(),
                         _ = &mut fallback => {},
