@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -351,7 +352,9 @@ async def main() -> None:
               f"worker peak RSS {scaled['peak_rss']:.0f} MiB.")
         failures += scaled["missing"]
     if failures:
-        sys.exit(f"{failures} operations did not complete with compute-provisioned")
+        sys.exit(f"{failures} operations did not complete with compute-provisioned; the "
+                 f"worker's logs and store are in {workdir}")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
