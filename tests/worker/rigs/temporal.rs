@@ -185,16 +185,21 @@ fn event_id(v: &Value) -> i64 {
     }
 }
 
+/// The event ids of the ActivityTaskScheduled events of type `activity` in a history.
+fn scheduled_ids(events: &[Value], activity: &str) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == activity)
+        .map(|e| event_id(&e["eventId"]))
+        .collect()
+}
+
 /// The attempt of every started activity of type `activity` in a workflow's history (Temporal
 /// records the last attempt of each activity).
 pub fn started_activity_attempts(workflow_id: &str, activity: &str) -> Vec<u64> {
     let history = workflow_history(workflow_id);
     let events = history["events"].as_array().unwrap();
-    let scheduled: Vec<i64> = events
-        .iter()
-        .filter(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == activity)
-        .map(|e| event_id(&e["eventId"]))
-        .collect();
+    let scheduled = scheduled_ids(events, activity);
     events
         .iter()
         .map(|e| &e["activityTaskStartedEventAttributes"])
@@ -248,11 +253,7 @@ pub fn learned_end_at(
     {
         return Some(("signal", t));
     }
-    let scheduled: Vec<i64> = events
-        .iter()
-        .filter(|e| e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == activity)
-        .map(|e| event_id(&e["eventId"]))
-        .collect();
+    let scheduled = scheduled_ids(events, activity);
     events
         .iter()
         .find(|e| {
