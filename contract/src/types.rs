@@ -529,6 +529,18 @@ pub struct CallbackDelivery {
     pub last_attempt_at: DateTime<Utc>,
 }
 
+impl CallbackDelivery {
+    /// Whether this row is about `callback` to `target` (log-safe, [`CallbackTarget::describe`])
+    /// at the callback's attempt. A row is per (target, state) across the attempts of an
+    /// execution, so one last tried before this attempt ended reported an earlier attempt (a
+    /// re-opened execution).
+    pub fn reports(&self, target: &str, callback: &ComputeCallback) -> bool {
+        self.target == target
+            && self.state == callback.state
+            && self.last_attempt_at >= callback.finished_at
+    }
+}
+
 /// Input of `ProvisionTenantCompute` and `UpdateTenantCompute`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -103,13 +103,8 @@ impl ComputeActivities {
         )
         .await
         {
-            // A row is per (target, state), across attempts of the execution: one delivered
-            // before this attempt's end reported an earlier attempt (a re-opened execution).
             Ok(Ok(deliveries)) => deliveries.iter().any(|d| {
-                d.target == target
-                    && d.state == input.callback.state
-                    && d.outcome == DeliveryState::Delivered
-                    && d.last_attempt_at >= input.callback.finished_at
+                d.outcome == DeliveryState::Delivered && d.reports(&target, &input.callback)
             }),
             _ => false,
         }

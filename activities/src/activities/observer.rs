@@ -450,14 +450,9 @@ impl ComputeActivities {
             let sends = callers.into_iter().filter_map(|t| {
                 let target = CallbackTarget::Temporal(t.clone());
                 let described = target.describe();
-                // Told this state at this attempt (a re-opened execution's earlier attempt
-                // ended before this one's end).
-                let done = deliveries.iter().any(|d| {
-                    d.target == described
-                        && d.state == status.state
-                        && d.outcome != DeliveryState::Pending
-                        && d.last_attempt_at >= callback.finished_at
-                });
+                let done = deliveries
+                    .iter()
+                    .any(|d| d.outcome != DeliveryState::Pending && d.reports(&described, &callback));
                 (!done).then(|| {
                     let callback = callback.clone();
                     async move {
