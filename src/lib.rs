@@ -4,14 +4,21 @@
 //! same application.
 
 pub mod cli;
+pub mod serve;
 pub mod telemetry;
 pub mod tenants;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use anyhow::{Context, anyhow};
 use compute_activities::{
-    ComputeActivities, activities::ActivitySettings, callback::Callbacks, names, provider, store,
+    ComputeActivities, activities::ActivitySettings, callback::Callbacks, metrics::Metrics, names,
+    provider, store,
 };
 use compute_workflows::{tenant::TenantComputeWorkflow, tracker::ComputeExecutionTracker};
 use temporalio_client::{
@@ -21,9 +28,15 @@ use temporalio_common::protos::temporal::api::{
     enums::v1::IndexedValueType,
     operatorservice::v1::{AddSearchAttributesRequest, ListSearchAttributesRequest},
 };
+use temporalio_common::telemetry::{
+    PrometheusExporterOptions, TelemetryOptions, start_prometheus_metric_exporter,
+};
 use temporalio_sdk::{
     Runtime, Worker, WorkerOptions,
-    runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
+    runtime::{
+        RuntimeOptions,
+        worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
+    },
 };
 
 pub use crate::cli::{Cli, Command, RunArgs, Settings, SweepArgs, TenantArgs};
@@ -237,6 +250,14 @@ pub async fn ensure_search_attribute(client: &Client) -> anyhow::Result<()> {
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     harden_process();
     let (store, provider) = open_backends(&settings).await?;
+    // Every call the activities make to the store and the provider is counted.
+    let metrics = Metrics::new(provider.name());
+    let store = store::metered::MeteredStore::wrap(
+        store,
+        store::backend_of(&settings.database_url),
+        metrics.clone(),
+    );
+    let provider = provider::metered::MeteredProvider::wrap(provider, metrics.clone());
     let client = connect_temporal().await?;
     if let Err(e) = ensure_search_attribute(&client).await {
         // Some deployments (Temporal Cloud, restricted API keys) register attributes out of
@@ -254,6 +275,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             default_timeout: settings.default_timeout,
             tracker_max_history_events: settings.tracker_history_limit,
             release: release.clone(),
+            metrics: metrics.clone(),
             ..ActivitySettings::default()
         },
     )
@@ -281,7 +303,28 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         Arc::clone(&provider),
         settings.retention,
     ));
-    let runtime = Runtime::from_current_tokio(Default::default())
+    // The SDK's own metrics go to its exporter on a loopback port of its own, which the
+    // operations port reads on each scrape: one port for everything.
+    let sdk_exporter = match settings.metrics_address {
+        Some(_) => Some(
+            start_prometheus_metric_exporter(
+                PrometheusExporterOptions::builder()
+                    .socket_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                    .build(),
+            )
+            .map_err(|e| anyhow!("cannot start the SDK's metrics exporter: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut telemetry = TelemetryOptions::builder().build();
+    if let Some(exporter) = &sdk_exporter {
+        telemetry.metrics = Some(exporter.meter.clone());
+    }
+    let runtime_options = RuntimeOptions::builder()
+        .telemetry_options(telemetry)
+        .build()
+        .map_err(|e| anyhow!("invalid Temporal runtime options: {e}"))?;
+    let runtime = Runtime::from_current_tokio(runtime_options)
         .map_err(|e| anyhow!("cannot start the Temporal runtime: {e}"))?;
     // Activity slots bound the short steps running at once (starts, reads, deliveries); an
     // operation in flight holds none (the observer watches it), except a tracker from before
@@ -302,9 +345,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .graceful_shutdown_period(settings.shutdown_grace)
         .max_cached_workflows(settings.max_cached_workflows)
         .build();
-    let mut worker = Worker::new(&runtime, client, options)
+    let mut worker = Worker::new(&runtime, client.clone(), options)
         .map_err(|e| anyhow!("cannot create the worker: {e}"))?;
     let stop = worker.shutdown_handle();
+    let polling = Arc::new(AtomicBool::new(false));
+    let ops_stop = tokio_util::sync::CancellationToken::new();
+    let ops = match settings.metrics_address {
+        Some(address) => Some(
+            serve::serve(
+                address,
+                serve::Ops {
+                    metrics: metrics.clone(),
+                    sdk_metrics: sdk_exporter.as_ref().map(|e| e.bound_addr),
+                    readiness: serve::Readiness::new(
+                        client.clone(),
+                        Arc::clone(&store),
+                        Arc::clone(&provider),
+                        Arc::clone(&polling),
+                    ),
+                },
+                ops_stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     tracing::info!(
         task_queue = %settings.task_queue,
         provider = provider.name(),
@@ -313,11 +378,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     // Worker::run is not Send: it runs here, on the main task, raced against the shutdown.
     let run = worker.run();
     tokio::pin!(run);
+    polling.store(true, std::sync::atomic::Ordering::Release);
     let result = tokio::select! {
         r = &mut run => r,
         _ = shutdown => {
             // Stop polling first, then release the watches: their retried attempts go to the
             // workers still polling, not back to this one.
+            polling.store(false, std::sync::atomic::Ordering::Release);
             stop();
             release.cancel();
             tracing::info!(grace = ?settings.shutdown_grace, "Shutting down: watches released; in-flight activities get the grace period.");
@@ -332,7 +399,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     {
         tracing::warn!("The observer did not stop in time: its lease expires by itself.");
     }
+    polling.store(false, std::sync::atomic::Ordering::Release);
     pruner.abort();
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    if let Some(exporter) = sdk_exporter {
+        exporter.abort_handle.abort();
+    }
     result.map_err(|e| anyhow!("the worker stopped with an error: {e}"))?;
     tracing::info!("Worker stopped.");
     Ok(())

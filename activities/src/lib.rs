@@ -12,6 +12,7 @@ pub mod activities;
 pub(crate) mod aws;
 pub mod callback;
 pub mod faults;
+pub mod metrics;
 pub mod provider;
 pub mod store;
 pub mod sweep;

@@ -1051,6 +1051,10 @@ impl ExecutionStore for RecordingStore {
     async fn observed_by(&self, observer: &str) -> store::Result<Vec<String>> {
         self.inner.observed_by(observer).await
     }
+
+    async fn ping(&self) -> store::Result<()> {
+        self.inner.ping().await
+    }
 }
 
 /// Everything the activities log, at TRACE, on the test's thread.

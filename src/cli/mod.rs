@@ -173,6 +173,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "COMPUTE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address (IP:PORT, e.g.
+    /// `0.0.0.0:9464`); off by default.
+    #[arg(long, env = "COMPUTE_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The store's URL as given on the command line; its `Debug` masks the password, so no
@@ -219,6 +223,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// History events per tracker run before it continues as new.
     pub tracker_history_limit: u32,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 // By hand: the database URL may carry a password.
@@ -236,6 +242,7 @@ impl std::fmt::Debug for Settings {
             .field("retention", &self.retention)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("tracker_history_limit", &self.tracker_history_limit)
+            .field("metrics_address", &self.metrics_address)
             .finish()
     }
 }
@@ -262,6 +269,7 @@ impl RunArgs {
             retention: self.retention,
             shutdown_grace: self.shutdown_grace,
             tracker_history_limit: self.tracker_history_limit,
+            metrics_address: self.metrics_address,
         })
     }
 }

@@ -33,8 +33,9 @@ use crate::kubernetes::{
 };
 use crate::lifecycle::{result, tenant_cli, tenant_compute, wait_for_execution_of};
 use crate::rigs::{
-    Outcome, TestWorker, WorkerOpts, client, k8s_now, kube_client, kube_rig, mark_ready, pod_image,
-    query_status, signals_received, spawn_worker, started_activity_attempts, worker_log_tail,
+    Outcome, TestWorker, WorkerOpts, client, k8s_now, kube_client, kube_rig, mark_ready, metric,
+    pod_image, query_status, signals_received, spawn_worker, started_activity_attempts,
+    worker_log_tail,
 };
 
 const TENANT_LABEL: &str = "compute-worker/tenant";
@@ -456,6 +457,31 @@ async fn k8s_a_failed_update_is_rolled_back_to_the_old_template_and_marks_the_te
     assert!(
         live.iter().all(|p| pod_ready(p) && owned_by(p, &current)),
         "{describe}"
+    );
+
+    // The operations port counted both operations, and the revert, as they happened.
+    let text = worker.metrics();
+    let ended = |operation: &str, outcome: &str| {
+        metric(
+            &text,
+            "compute_operations_total",
+            &[
+                ("provider", "kubernetes"),
+                ("operation", operation),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(ended("provision", "succeeded"), 1.0, "{text}");
+    assert_eq!(ended("update", "INVALID_CONFIGURATION"), 1.0, "{text}");
+    let reverts = [
+        ("provider", "kubernetes"),
+        ("call", "revert"),
+        ("outcome", "ok"),
+    ];
+    assert!(
+        metric(&text, "compute_provider_calls_total", &reverts) >= 1.0,
+        "{text}"
     );
 
     // GetTenantCompute, by name from Python: running the old spec on the old pods, marked.

@@ -71,10 +71,19 @@ impl ComputeActivities {
                 }),
             ),
         };
+        let kind = input.target.kind();
+        let since_final = (outcome == DeliveryState::Delivered).then(|| {
+            (now() - input.callback.finished_at)
+                .to_std()
+                .unwrap_or_default()
+        });
+        self.settings
+            .metrics
+            .delivery(kind, outcome.as_str(), since_final);
         let attempt = DeliveryAttempt {
             execution_id: input.callback.execution_id.clone(),
             target: input.target.describe(),
-            kind: input.target.kind().to_string(),
+            kind: kind.to_string(),
             state: input.callback.state,
             sequence: input.callback.sequence,
             outcome,

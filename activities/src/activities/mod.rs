@@ -92,6 +92,9 @@ pub struct ActivitySettings {
     /// Cancelled when the worker shuts down: in-flight watches end at once with a retriable
     /// failure, so their trackers resume them on another worker.
     pub release: CancellationToken,
+    /// Where deliveries and the observer's executions in flight are counted (the store and
+    /// the provider count their own calls when the worker wraps them).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for ActivitySettings {
@@ -102,6 +105,7 @@ impl Default for ActivitySettings {
             progress_report_interval: Duration::from_secs(5),
             tracker_max_history_events: 0,
             release: CancellationToken::new(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }

@@ -67,10 +67,12 @@ pub(super) struct Observing {
     running: Mutex<HashMap<String, Watched>>,
     /// When the lease was last renewed.
     renewed: Mutex<Option<Instant>>,
+    /// `compute_executions_in_flight` follows `running`.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Observing {
-    pub(super) fn new(client: Client) -> Self {
+    pub(super) fn new(client: Client, metrics: crate::metrics::Metrics) -> Self {
         let seed = format!(
             "{}:{}",
             std::process::id(),
@@ -88,6 +90,7 @@ impl Observing {
             client,
             running: Mutex::default(),
             renewed: Mutex::default(),
+            metrics,
         }
     }
 
@@ -122,7 +125,9 @@ struct TaskGuard {
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.observing.running().remove(&self.execution_id);
+        let mut running = self.observing.running();
+        running.remove(&self.execution_id);
+        self.observing.metrics.set_in_flight(running.len());
     }
 }
 
@@ -148,7 +153,10 @@ impl ComputeActivities {
     /// the store, and a worker with an observer takes it over.
     pub fn with_observer(self, client: Client) -> Self {
         ComputeActivities {
-            observing: Some(Arc::new(Observing::new(client))),
+            observing: Some(Arc::new(Observing::new(
+                client,
+                self.settings.metrics.clone(),
+            ))),
             ..self
         }
     }
@@ -332,6 +340,7 @@ impl ComputeActivities {
                     callers: caller.into_iter().collect(),
                 },
             );
+            obs.metrics.set_in_flight(running.len());
         }
         let mut this = self.clone();
         this.settings.release = token;

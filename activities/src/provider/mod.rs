@@ -20,6 +20,7 @@ pub mod ecs;
 pub(crate) mod kit;
 pub mod kubernetes;
 pub mod local;
+pub mod metered;
 pub mod simulated;
 
 /// The execution a provider call belongs to (for names, tags and logs).
@@ -161,6 +162,13 @@ pub trait ComputeProvider: Send + Sync + 'static {
     /// Providers that keep nothing locally have nothing to prune.
     async fn prune(&self, _older_than: Duration) -> Result<usize> {
         Ok(0)
+    }
+
+    /// Whether the provider answers now, for the worker's readiness probe: one cheap call
+    /// (ECS describes its cluster, Kubernetes reads its namespace, the local provider checks
+    /// its state directory). The default, for a provider with nothing remote, is yes.
+    async fn ready(&self) -> Result<()> {
+        Ok(())
     }
 }
 

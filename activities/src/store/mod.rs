@@ -25,6 +25,7 @@ use crate::{
 
 #[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 pub mod conformance;
+pub mod metered;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -489,6 +490,20 @@ pub trait ExecutionStore: Send + Sync + 'static {
 
     /// The executions `observer` watches (their ids).
     async fn observed_by(&self, observer: &str) -> Result<Vec<String>>;
+
+    /// One round trip to the database (the worker's readiness probe).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The backend a database URL names (`sqlite`, `postgres`), as metrics label it.
+pub fn backend_of(url: &str) -> &'static str {
+    if url.starts_with("sqlite:") {
+        "sqlite"
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "postgres"
+    } else {
+        "unknown"
+    }
 }
 
 /// Opens the store a database URL names and runs its migrations: `sqlite:...` for SQLite,

@@ -1017,6 +1017,14 @@ impl ExecutionStore for PostgresStore {
         .await
         .map_err(StoreError::from_sqlx)
     }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from_sqlx)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod fault_proxy;
 mod kube;
 mod moto;
+mod ops;
 mod postgres;
 mod process;
 mod restate;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result};
 pub use self::kube::{container_id, k8s_now, kube_client, kube_rig, mark_ready, pod_image};
 pub use fault_proxy::{Fault, FaultProxy, fault_proxy};
 pub use moto::{EcsNetwork, MotoServer, aws_authorization, ecs_client, moto_server};
+pub use ops::metric;
 pub use postgres::{OwnPostgres, own_postgres, postgres_database};
 pub use restate::Restate;
 #[allow(unused_imports)] // learned_end_at: the Kubernetes bench's

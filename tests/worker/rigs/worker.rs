@@ -148,6 +148,13 @@ fn start_worker_process(
         .arg(local_dir)
         .args(["--local-settle", settle, "--local-stop-grace", "2s"])
         .args(["--log-format", "json"])
+        // Every test worker serves its operations port, on a port the kernel picks.
+        .args(
+            (!args.iter().any(|a| a == "--metrics-address"))
+                .then_some(["--metrics-address", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+        )
         .args(args)
         .env("TEMPORAL_ADDRESS", server_address())
         .env(

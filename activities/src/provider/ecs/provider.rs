@@ -486,6 +486,18 @@ impl ComputeProvider for EcsProvider {
         .await)
     }
 
+    async fn ready(&self) -> Result<()> {
+        // One page of one service: the credentials, the endpoint and the cluster all answer.
+        self.client
+            .list_services()
+            .cluster(&self.config.cluster)
+            .max_results(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("ListServices", &e, &self.config.cluster))
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedResource>> {
         let mut arns = Vec::new();
         let mut next_token = None;

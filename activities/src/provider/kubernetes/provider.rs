@@ -396,6 +396,19 @@ impl ComputeProvider for KubernetesProvider {
         }
     }
 
+    async fn ready(&self) -> Result<()> {
+        // One Deployment of the namespace (or of any, per tenant): the apiserver answers and
+        // the worker's RBAC lets it list what it manages.
+        let api: Api<Deployment> = api(
+            &self.client,
+            (!self.config.namespace_per_tenant).then_some(self.config.namespace.as_str()),
+        );
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("listing Deployments", &e))
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedResource>> {
         let api: Api<Deployment> = api(
             &self.client,

@@ -205,6 +205,21 @@ impl ComputeProvider for LocalProvider {
         }
     }
 
+    async fn ready(&self) -> Result<()> {
+        // Every operation writes under the state directory: it must be there and be one.
+        match tokio::fs::metadata(&self.root).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ComputeError::internal(
+                "the local provider's state directory is not a directory",
+            )
+            .with_provider(PROVIDER, Some("IoError"))),
+            Err(e) => Err(io_internal(
+                "the local provider's state directory is gone",
+                &e,
+            )),
+        }
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedResource>> {
         let mut entries = match tokio::fs::read_dir(&self.root).await {
             Ok(entries) => entries,
