@@ -39,7 +39,7 @@ use temporalio_sdk::{
     },
 };
 
-pub use crate::cli::{Cli, Command, RunArgs, Settings, SweepArgs, TenantArgs};
+pub use crate::cli::{Cli, Command, ProbeArgs, RunArgs, Settings, SweepArgs, TenantArgs};
 
 /// Opens the execution store and starts the provider the settings name.
 async fn open_backends(

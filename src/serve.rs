@@ -273,3 +273,45 @@ async fn scrape_sdk(at: SocketAddr) -> anyhow::Result<String> {
     );
     Ok(body.to_string())
 }
+
+/// `compute-worker probe`: one GET on a running worker's operations port; an error unless it
+/// answers 200 within [`PROBE_TIMEOUT`].
+pub async fn probe(args: &crate::ProbeArgs) -> anyhow::Result<()> {
+    let mut at = args.metrics_address;
+    if at.ip().is_unspecified() {
+        at.set_ip(match at {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let exchange = async {
+        let mut stream = TcpStream::connect(at).await?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            args.path
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.take(PROBE_MAX).read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("{at} did not answer within {PROBE_TIMEOUT:?}"))?
+        .with_context(|| format!("cannot ask {at}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    println!("{}", body.trim_end());
+    anyhow::ensure!(
+        status.starts_with("HTTP/1.1 200"),
+        "{} answered {status}",
+        args.path
+    );
+    Ok(())
+}
+
+/// How long `probe` waits: under the orchestrators' usual probe timeouts, above a readiness
+/// check's own bound.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_MAX: u64 = 1 << 20;

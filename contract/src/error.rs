@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_common::error::ApplicationFailure;
 
 /// How a failure should be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Classification {
     /// Trying again may succeed.
@@ -24,7 +24,7 @@ pub enum Classification {
 macro_rules! error_codes {
     ($($variant:ident => $name:literal, $class:ident, $doc:literal;)*) => {
         /// Every error code, shared by all providers.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
         pub enum ErrorCode {
             $(#[doc = $doc] #[serde(rename = $name)] $variant,)*
         }
@@ -94,7 +94,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// Parts of a partially completed operation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PartialResult {
     /// What was created.
@@ -106,7 +106,9 @@ pub struct PartialResult {
 }
 
 /// A classified error: the `details` of every failure, and `error` in callbacks and status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 #[error("{code}: {message}")]
 pub struct ComputeError {
@@ -264,7 +266,7 @@ impl ComputeError {
 pub type Result<T, E = ComputeError> = std::result::Result<T, E>;
 
 /// The retry policy callers should use, with its durations as Temporal's JSON strings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicyDoc {
     /// First retry delay.
@@ -280,7 +282,7 @@ pub struct RetryPolicyDoc {
 }
 
 /// One row of the error table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorCodeDoc {
     /// The code.
@@ -294,7 +296,7 @@ pub struct ErrorCodeDoc {
 }
 
 /// What `compute-worker retry-policy` prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicyDocument {
     /// The error table.

@@ -43,6 +43,7 @@ pub fn decode(raw: &RawValue, what: &str) -> Result<Value> {
     match payload.metadata.get("encoding").map(Vec::as_slice) {
         // Some SDKs send `null` as an empty payload with `binary/null`.
         Some(b"binary/null") => return Ok(Value::Null),
+        Some(b"json/protobuf") => check_message_type(payload.metadata.get("messageType"), what)?,
         Some(e) if JSON_ENCODINGS.contains(&e) => {}
         None if payload.data.is_empty() => return Ok(Value::Null),
         _ => {
@@ -52,6 +53,33 @@ pub fn decode(raw: &RawValue, what: &str) -> Result<Value> {
         }
     }
     decode_bytes(&payload.data, what)
+}
+
+/// The package whose messages a `json/protobuf` payload may name (`contract/proto/`).
+pub const PROTO_PACKAGE: &str = "compute.v1.";
+
+/// A `json/protobuf` payload is read as JSON when its `messageType` (if any) is a message of
+/// [`PROTO_PACKAGE`]: another package's message is not this contract, whatever its JSON.
+fn check_message_type(message_type: Option<&Vec<u8>>, what: &str) -> Result<()> {
+    let Some(name) = message_type else {
+        return Ok(());
+    };
+    let known = std::str::from_utf8(name).is_ok_and(|n| {
+        n.strip_prefix(PROTO_PACKAGE).is_some_and(|m| {
+            !m.is_empty() && m.len() <= 100 && m.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+    });
+    if known {
+        Ok(())
+    } else {
+        // The name is the caller's: only its length is echoed.
+        Err(ComputeError::invalid(format!(
+            "{what}: a json/protobuf payload must carry a message of package compute.v1 \
+             (messageType compute.v1.<Message>, see contract/proto/); got a messageType of {} \
+             bytes outside it",
+            name.len()
+        )))
+    }
 }
 
 /// Decodes JSON text within the limits (see the module documentation).
@@ -217,9 +245,29 @@ mod tests {
         assert_eq!(decode(&raw(&v), "input").unwrap(), v);
         let bytes = serde_json::to_vec(&v).unwrap();
         assert_eq!(
-            decode(&payload("json/protobuf", bytes), "input").unwrap(),
+            decode(&payload("json/protobuf", bytes.clone()), "input").unwrap(),
             v
         );
+        // With a messageType: compute.v1's messages only.
+        let typed = |name: &[u8]| {
+            let mut raw = payload("json/protobuf", bytes.clone());
+            raw.payloads[0]
+                .metadata
+                .insert("messageType".into(), name.to_vec());
+            decode(&raw, "input")
+        };
+        assert_eq!(typed(b"compute.v1.ComputeRequest").unwrap(), v);
+        for other in [
+            &b"acme.v1.ComputeRequest"[..],
+            b"compute.v1.",
+            b"compute.v1.A.B",
+            b"compute.v10.ComputeRequest",
+            b"\xff",
+        ] {
+            let m = refused(typed(other));
+            assert!(m.contains("package compute.v1"), "{m}");
+            assert!(!m.contains("acme"), "the name is not echoed: {m}");
+        }
         assert_eq!(
             decode(&RawValue::new(vec![]), "input").unwrap(),
             Value::Null

@@ -15,6 +15,8 @@ pub mod error;
 pub mod input;
 pub mod messages;
 pub mod names;
+pub mod proto;
+pub mod schema;
 pub mod types;
 pub mod validate;
 

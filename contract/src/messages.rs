@@ -19,7 +19,7 @@ pub const TENANT_ID_KEY: SearchAttributeKey<String> =
     SearchAttributeKey::keyword(names::TENANT_ID_SEARCH_ATTRIBUTE);
 
 /// Input of the tracker workflow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackerInput {
     /// The execution tracked.
@@ -55,7 +55,7 @@ impl TrackerInput {
 }
 
 /// The `attach-callback` signal: one more caller to tell.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachCallback {
     /// The caller's target; absent for a caller that only polls.
@@ -89,7 +89,7 @@ impl AttachCallback {
 }
 
 /// Input of the watch activity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchInput {
     /// The execution.
@@ -100,7 +100,7 @@ pub struct WatchInput {
 }
 
 /// Input of the delivery activity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverInput {
     /// Where to.
@@ -110,7 +110,7 @@ pub struct DeliverInput {
 }
 
 /// What happened to one delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryOutcome {
     /// The target accepted it.
@@ -124,7 +124,7 @@ pub struct DeliveryOutcome {
 }
 
 /// Input of the heartbeat activity: the targets that asked for heartbeats.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatInput {
     /// The execution reported as running.
@@ -138,7 +138,7 @@ pub struct HeartbeatInput {
 }
 
 /// What the heartbeat activity did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatOutcome {
     /// Targets that took the heartbeat.
@@ -149,7 +149,7 @@ pub struct HeartbeatOutcome {
 }
 
 /// Input of the intervention activity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InterventionInput {
     /// The tenant.

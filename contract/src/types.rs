@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ComputeError, ErrorCode};
 
 /// The three operations on a tenant's compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// Create the tenant's compute (idempotent).
@@ -60,7 +60,7 @@ impl std::fmt::Display for Operation {
 }
 
 /// The state of one execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionState {
     /// Recorded, provider not (yet successfully) called.
@@ -141,7 +141,7 @@ impl std::fmt::Display for ExecutionState {
 }
 
 /// The state of a tenant, derived from its executions (see the README's tenant state machine).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantState {
     /// The worker has never recorded the tenant (only in answers: never stored).
@@ -217,7 +217,7 @@ impl std::fmt::Display for TenantState {
 
 /// Why a tenant needs an operator: set by a non-retriable failure (or a policy's `abort`),
 /// cleared by the next successful operation or `compute-worker tenant clear`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InterventionMark {
     /// The failure's code.
@@ -231,7 +231,7 @@ pub struct InterventionMark {
 }
 
 /// A tenant as `GetTenantCompute` and `ListTenantCompute` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantCompute {
     /// The tenant.
@@ -275,7 +275,7 @@ impl TenantCompute {
 }
 
 /// One page of `ListTenantCompute`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantPage {
     /// Tenants ordered by id.
@@ -285,7 +285,7 @@ pub struct TenantPage {
 }
 
 /// A reference to a secret: where the provider reads it, never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// The environment variable the workload sees it as.
@@ -300,7 +300,7 @@ pub struct SecretRef {
 }
 
 /// A key of a Kubernetes Secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// The Secret's name.
@@ -310,7 +310,7 @@ pub struct SecretKeyRef {
 }
 
 /// What the tenant's compute should be.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeSpec {
     /// Container image (required by ECS and Kubernetes, unused by the local provider).
@@ -347,7 +347,7 @@ pub struct ComputeSpec {
 }
 
 /// Who owns the tenant's compute and how it is labelled.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
     /// Labels / tags put on every resource.
@@ -362,7 +362,7 @@ pub struct Metadata {
 }
 
 /// Where the completion of an execution is delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum CallbackTarget {
     /// Signal a Temporal workflow (the default: the workflow that called the activity).
@@ -421,7 +421,7 @@ pub fn token_digest(token: &str) -> String {
 }
 
 /// A Temporal workflow to signal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemporalCallback {
     /// The workflow id to signal.
@@ -435,7 +435,7 @@ pub struct TemporalCallback {
 }
 
 /// A Step Functions task waiting for its token (`.waitForTaskToken`).
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepFunctionsCallback {
     /// The task token (`$$.Task.Token`).
@@ -459,7 +459,7 @@ impl std::fmt::Debug for StepFunctionsCallback {
 }
 
 /// A Restate awakeable waiting in a handler.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestateCallback {
     /// The awakeable's id (`ctx.awakeable().id`).
@@ -471,7 +471,7 @@ pub struct RestateCallback {
 }
 
 /// Where a callback delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Not accepted yet: being retried.
@@ -505,7 +505,7 @@ impl DeliveryState {
 
 /// One callback of an execution to one target, with every attempt counted (in
 /// `ExecutionStatus.callbacks`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallbackDelivery {
     /// The target, log-safe ([`CallbackTarget::describe`]).
@@ -542,7 +542,7 @@ impl CallbackDelivery {
 }
 
 /// Input of `ProvisionTenantCompute` and `UpdateTenantCompute`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeRequest {
     /// The tenant: a DNS-1123 label.
@@ -564,7 +564,7 @@ pub struct ComputeRequest {
 }
 
 /// Input of `DeleteTenantCompute`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteRequest {
     /// The tenant.
@@ -581,7 +581,7 @@ pub struct DeleteRequest {
 }
 
 /// Identifiers of what a provider created, by provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceIds {
     /// ECS service ARN.
@@ -628,7 +628,7 @@ impl ResourceIds {
 }
 
 /// How far a running execution has come.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     /// A one-line description.
@@ -642,7 +642,7 @@ pub struct Progress {
 }
 
 /// One recorded state transition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     /// The state entered (or kept, for a note such as a failed attempt).
@@ -655,7 +655,7 @@ pub struct HistoryEntry {
 }
 
 /// Everything known about one execution (`GetComputeExecution`, the `status` query).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionStatus {
     /// The execution.
@@ -750,6 +750,23 @@ impl Serialize for AttemptOutcome {
     }
 }
 
+impl schemars::JsonSchema for AttemptOutcome {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AttemptOutcome".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = std::iter::once("ok")
+            .chain(ErrorCode::ALL.iter().map(|c| c.as_str()))
+            .collect();
+        schemars::json_schema!({
+            "description": "How one activity attempt ended: `ok`, or the code it failed with.",
+            "type": "string",
+            "enum": names,
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for AttemptOutcome {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
@@ -761,7 +778,7 @@ impl<'de> Deserialize<'de> for AttemptOutcome {
 /// One attempt of one activity, as the audit trail keeps it (Temporal's history records only
 /// an activity's last attempt). Holds no secret values: the message is the `ComputeError`'s,
 /// which never carries one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     /// The execution it was about, once known (absent, for example, when the request was
@@ -812,7 +829,7 @@ fn first_attempt() -> u32 {
 }
 
 /// What the start activities return at once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionHandle {
     /// The execution (deterministic: the same request gives the same id).
@@ -839,7 +856,7 @@ pub struct ExecutionHandle {
 }
 
 /// The payload of every callback signal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeCallback {
     /// The execution.

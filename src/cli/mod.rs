@@ -52,6 +52,34 @@ pub enum Command {
     /// Read tenants (`list`, `show`) and clear manual-intervention marks (`clear`) on the
     /// store named by `--database` / `COMPUTE_DATABASE_URL`.
     Tenant(TenantArgs),
+    /// Ask a running worker's operations port whether it is ready (`/readyz`; `--path
+    /// /healthz` for alive): exits 0 on 200 and 1 otherwise, printing the answer. For health
+    /// checks in images with no HTTP client (the compose file's, ECS's).
+    Probe(ProbeArgs),
+    /// Print the contract's JSON Schemas (draft 2020-12: every public activity's input and
+    /// output, TenantComputeWorkflow's input, the callback, the status) as one JSON object by
+    /// file name, or write them to `--out DIR` (as in contract/schema/).
+    Schema(SchemaArgs),
+}
+
+/// Settings of `compute-worker schema`.
+#[derive(Debug, Clone, Args)]
+pub struct SchemaArgs {
+    /// Write one file per schema into this directory instead of printing them.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Settings of `compute-worker probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The worker's `--metrics-address`; an unspecified IP (`0.0.0.0`, `::`) is asked on
+    /// loopback.
+    #[arg(long, env = "COMPUTE_METRICS_ADDRESS")]
+    pub metrics_address: std::net::SocketAddr,
+    /// The endpoint to ask.
+    #[arg(long, default_value = "/readyz", value_parser = ["/readyz", "/healthz"])]
+    pub path: String,
 }
 
 /// Settings of `compute-worker sweep`.

@@ -151,8 +151,17 @@ fn host_port(entry: &Yaml) -> Option<(String, u16)> {
     }
 }
 
+/// The container port of a `ports` entry.
+fn container_port(entry: &Yaml) -> Option<u16> {
+    if let Yaml::Mapping(_) = entry {
+        return text(&entry["target"]).parse().ok();
+    }
+    let s = text(entry);
+    s.split('/').next()?.rsplit(':').next()?.parse().ok()
+}
+
 /// The environment variables `compute-worker run` reads as flags, from its `--help`.
-fn flag_variables() -> BTreeSet<String> {
+pub fn flag_variables() -> BTreeSet<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_compute-worker"))
         .args(["run", "--help"])
         .output()
@@ -179,7 +188,7 @@ fn flag_variables() -> BTreeSet<String> {
 
 /// Variables the worker reads that are not its own flags: the log filter, the Temporal SDK's
 /// environment configuration, and the AWS and Kubernetes clients' standard ones.
-fn is_standard_variable(name: &str) -> bool {
+pub fn is_standard_variable(name: &str) -> bool {
     name == "RUST_LOG"
         || name == "KUBECONFIG"
         || name.starts_with("AWS_")
@@ -203,7 +212,7 @@ fn is_standard_variable(name: &str) -> bool {
 /// Starts the real binary with exactly `env` (nothing inherited but PATH) and returns its
 /// exit code and stderr once it gives up: it cannot reach the compose network's hosts, so it
 /// must stop at connecting, never at parsing its settings.
-fn start_with(env: &BTreeMap<String, String>) -> (Option<i32>, String) {
+pub fn start_with(env: &BTreeMap<String, String>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_compute-worker"))
         .arg("run")
@@ -371,6 +380,34 @@ fn compose_file_runs_temporal_a_store_and_two_workers() {
         // The real binary accepts these settings: with exactly this environment it gets past
         // parsing them and stops only at reaching the store (whose host exists only on the
         // compose network).
+        // Its operations port is on and published, and its health check asks /readyz through
+        // the binary itself (the image has no HTTP client).
+        let metrics: std::net::SocketAddr = env
+            .get("COMPUTE_METRICS_ADDRESS")
+            .expect("COMPUTE_METRICS_ADDRESS")
+            .parse()
+            .expect("an IP:PORT");
+        let targets: Vec<u16> = service["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(container_port)
+            .collect();
+        assert!(
+            targets.contains(&metrics.port()),
+            "{w} publishes its metrics port {}: {targets:?}",
+            metrics.port()
+        );
+        let check: Vec<String> = service["healthcheck"]["test"]
+            .as_sequence()
+            .map(|c| c.iter().map(text).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            check,
+            ["CMD", "/usr/local/bin/compute-worker", "probe"],
+            "{w}'s health check"
+        );
+
         let (code, stderr) = start_with(&env);
         assert_ne!(code, Some(0), "{w}: it cannot have run here");
         assert_ne!(code, Some(2), "{w}: its settings do not parse:\n{stderr}");

@@ -13,6 +13,7 @@ mod fuzz;
 mod k8s_lifecycle;
 mod kubernetes;
 mod lifecycle;
+mod manifests;
 mod operating;
 mod postgres_tls;
 mod rigs;

@@ -15,6 +15,22 @@ use crate::rigs::{
     stop_local_workloads,
 };
 
+/// `compute-worker probe` against the worker's port: (exit code, stdout).
+fn probe(worker: &TestWorker, path: &str) -> (Option<i32>, String) {
+    let address = worker
+        .ops_endpoint()
+        .trim_start_matches("http://")
+        .to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_compute-worker"))
+        .args(["probe", "--metrics-address", &address, "--path", path])
+        .output()
+        .expect("compute-worker probe");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn provision_call(tenant: &str, command: Value) -> Value {
     json!({"activity": "ProvisionTenantCompute",
            "input": {"tenantId": tenant, "spec": {"command": command}},
@@ -54,6 +70,10 @@ fn metrics_follow_real_operations_and_the_probes_answer() {
         json!({"ready": true, "checks": {"temporal": "ok", "store": "ok", "provider": "ok",
                "worker": "polling"}})
     );
+    let (code, out) = probe(&worker, "/readyz");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(r#""ready":true"#), "{out}");
+    assert_eq!(probe(&worker, "/healthz"), (Some(0), "ok\n".to_string()));
     assert_eq!(worker.ops_get("/nothing-here").0, 404);
     let (status, _) = http(&worker.ops_endpoint(), "POST", "/metrics", &[], b"x").unwrap();
     assert_eq!(status, 405);
@@ -206,6 +226,9 @@ fn readyz_follows_the_store_going_away_and_coming_back() {
     assert_eq!(worker.ops_get("/readyz").0, 503);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(worker.ops_get("/healthz").0, 200, "alive, only not ready");
+    let (code, out) = probe(&worker, "/readyz");
+    assert_eq!(code, Some(1), "the probe fails while not ready: {out}");
+    assert!(out.contains(r#""ready":false"#), "{out}");
 
     pg.start();
     worker.wait_ready_status(200, Duration::from_secs(60));
