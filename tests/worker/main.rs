@@ -15,6 +15,7 @@ mod kubernetes;
 mod lifecycle;
 mod manifests;
 mod operating;
+mod polyglot;
 mod postgres_tls;
 mod rigs;
 mod secret_scan;

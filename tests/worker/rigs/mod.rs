@@ -24,8 +24,8 @@ pub use postgres::{OwnPostgres, own_postgres, postgres_database};
 pub use restate::Restate;
 #[allow(unused_imports)] // learned_end_at: the Kubernetes bench's
 pub use temporal::{
-    cli, client, learned_end_at, own_temporal_server, signals_received, signals_with_times,
-    started_activity_attempts, workflow_history, workflow_show_everything,
+    cli, client, learned_end_at, own_temporal_server, server_address, signals_received,
+    signals_with_times, started_activity_attempts, workflow_history, workflow_show_everything,
 };
 pub use worker::{
     Outcome, TestWorker, WorkerOpts, alive, processes_with, query_status, run_python_caller,
