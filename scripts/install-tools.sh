@@ -20,52 +20,50 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]} with pip..." >&2
   python3 -m pip install --quiet --disable-pip-version-check "${need[@]}"
 fi
-# The Restate rig (tests/restate): restate-server from npm (a static binary, at
-# tests/restate/node_modules/@restatedev/restate-server-linux-x64/bin/restate-server) and the
-# Caller test service, compiled to tests/restate/dist/service.js. All npm/tsc output goes to stderr.
-restate_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/restate"
-if $test_rig; then
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "install-tools.sh: node and npm are needed for the Restate test rig (tests/restate):" \
-    "install Node.js 20 or newer (e.g. apt-get install nodejs npm, or https://nodejs.org)" >&2
-  exit 1
-fi
-if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
-  echo "install-tools.sh: the Restate test rig needs Node.js 20 or newer (found $(node --version))" >&2
-  exit 1
-fi
-# npm ci when node_modules is missing or was installed from another package-lock.json
-# (the stamp is a copy of the lock file that was installed).
-restate_stamp="$restate_dir/node_modules/.compute-worker-installed-lock.json"
-if ! cmp -s "$restate_dir/package-lock.json" "$restate_stamp" 2>/dev/null; then
-  echo "Installing tests/restate npm packages (npm ci)..." >&2
-  (cd "$restate_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
-  cp "$restate_dir/package-lock.json" "$restate_stamp"
-  rm -f "$restate_dir/dist/service.js"
-fi
-if [ ! -f "$restate_dir/dist/service.js" ] \
-  || [ "$restate_dir/service.ts" -nt "$restate_dir/dist/service.js" ] \
-  || [ "$restate_dir/tsconfig.json" -nt "$restate_dir/dist/service.js" ]; then
-  echo "Compiling tests/restate/service.ts..." >&2
-  "$restate_dir/node_modules/.bin/tsc" -p "$restate_dir" >&2
-fi
-fi
-# The TypeScript caller (examples/typescript): the Temporal TypeScript SDK from npm, compiled
-# to examples/typescript/lib/.
-ts_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/examples/typescript"
-if $test_rig; then
-  ts_stamp="$ts_dir/node_modules/.compute-worker-installed-lock.json"
-  if ! cmp -s "$ts_dir/package-lock.json" "$ts_stamp" 2>/dev/null; then
-    echo "Installing examples/typescript npm packages (npm ci)..." >&2
-    (cd "$ts_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
-    cp "$ts_dir/package-lock.json" "$ts_stamp"
-    rm -rf "$ts_dir/lib"
+# The npm projects only the tests use (all npm/tsc output goes to stderr):
+# - tests/restate: restate-server from npm (a static binary, at
+#   node_modules/@restatedev/restate-server-linux-x64/bin/restate-server) and the Caller test
+#   service, compiled to dist/service.js;
+# - examples/typescript: the TypeScript caller (the Temporal TypeScript SDK), compiled to lib/.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# npm_project DIR OUTPUT SOURCE...: npm ci in DIR when node_modules is missing or was installed
+# from another package-lock.json (the stamp is a copy of the lock file that was installed),
+# then tsc when OUTPUT is missing or older than a SOURCE (paths relative to DIR).
+npm_project() {
+  local dir="$root/$1" output="$2"
+  shift 2
+  local stamp="$dir/node_modules/.compute-worker-installed-lock.json"
+  if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
+    echo "Installing ${dir#"$root"/} npm packages (npm ci)..." >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    cp "$dir/package-lock.json" "$stamp"
+    rm -f "$dir/$output"
   fi
-  if [ ! -f "$ts_dir/lib/run.js" ] || [ "$ts_dir/src/workflows.ts" -nt "$ts_dir/lib/workflows.js" ] \
-    || [ "$ts_dir/src/run.ts" -nt "$ts_dir/lib/run.js" ]; then
-    echo "Compiling examples/typescript..." >&2
-    "$ts_dir/node_modules/.bin/tsc" -p "$ts_dir" >&2
+  local stale=false source
+  [ -f "$dir/$output" ] || stale=true
+  for source in "$@"; do
+    [ "$dir/$source" -nt "$dir/$output" ] && stale=true
+  done
+  if $stale; then
+    echo "Compiling ${dir#"$root"/}..." >&2
+    "$dir/node_modules/.bin/tsc" -p "$dir" >&2
   fi
+}
+
+if $test_rig; then
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "install-tools.sh: node and npm are needed for the test rigs (tests/restate," \
+      "examples/typescript): install Node.js 20 or newer (e.g. apt-get install nodejs npm," \
+      "or https://nodejs.org)" >&2
+    exit 1
+  fi
+  if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    echo "install-tools.sh: the test rigs need Node.js 20 or newer (found $(node --version))" >&2
+    exit 1
+  fi
+  npm_project tests/restate dist/service.js service.ts tsconfig.json
+  npm_project examples/typescript lib/run.js src/run.ts src/workflows.ts tsconfig.json
 fi
 # The real binary, not a pyenv shim: tests hand this path to the SDK.
 echo "$scripts_dir/temporal"

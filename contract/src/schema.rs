@@ -212,11 +212,28 @@ pub fn documents() -> BTreeMap<String, Value> {
     docs
 }
 
-/// A document as committed: pretty JSON with a final newline.
+/// A document as committed: pretty JSON, keys sorted at every level (whichever order the
+/// build's serde_json keeps maps in), with a final newline.
 pub fn render(schema: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(schema).expect("JSON by construction");
+    let mut text = serde_json::to_string_pretty(&sorted(schema)).expect("JSON by construction");
     text.push('\n');
     text
+}
+
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&map[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]

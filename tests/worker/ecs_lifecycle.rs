@@ -41,7 +41,7 @@ use crate::{
     lifecycle::{result, tenant_cli, tenant_compute, wait_for_execution_of},
     rigs::{
         EcsNetwork, FaultProxy, TestWorker, WorkerOpts, aws_authorization, client, ecs_client,
-        fault_proxy, http, metric, query_status, signals_received, spawn_worker,
+        fault_proxy, http, query_status, signals_received, spawn_worker,
     },
 };
 
@@ -607,25 +607,7 @@ async fn ecs_a_failed_update_rolls_back_to_the_previous_task_definition() {
     assert_eq!(stats["forwarded"]["RegisterTaskDefinition"], 2, "{stats}");
 
     // The operations port counted both operations, and the revert, as they happened.
-    let text = worker.metrics();
-    let ended = |operation: &str, outcome: &str| {
-        metric(
-            &text,
-            "compute_operations_total",
-            &[
-                ("provider", "ecs"),
-                ("operation", operation),
-                ("outcome", outcome),
-            ],
-        )
-    };
-    assert_eq!(ended("provision", "succeeded"), 1.0, "{text}");
-    assert_eq!(ended("update", "WORKLOAD_FAILED"), 1.0, "{text}");
-    let reverts = [("provider", "ecs"), ("call", "revert"), ("outcome", "ok")];
-    assert!(
-        metric(&text, "compute_provider_calls_total", &reverts) >= 1.0,
-        "{text}"
-    );
+    worker.assert_counted_failed_update("ecs", "WORKLOAD_FAILED");
     let view = query_status(&client, "ecs-lc-revert-2").await;
     assert_eq!(
         view["requiresIntervention"]["code"], "WORKLOAD_FAILED",

@@ -8,11 +8,8 @@ use compute_activities::{
     contract::{DeliveryState, ExecutionState, TenantState},
     faults, names, store,
 };
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Namespace, Pod},
-};
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::api::ListParams;
 use serde_json::{Value, json};
 use temporalio_client::{
     UntypedQuery, WorkflowGetResultOptions, WorkflowQueryOptions, WorkflowStartOptions,
@@ -23,8 +20,8 @@ use temporalio_common::{
 };
 
 use crate::rigs::{
-    self, OBSERVING, TestWorker, WorkerOpts, client, kube_client, kube_rig, mark_ready,
-    postgres_database, processes_with, query_status, spawn_shared_worker, spawn_worker,
+    self, OBSERVING, TestWorker, WorkerOpts, client, create_namespace, kube_client, kube_rig,
+    mark_ready, postgres_database, processes_with, query_status, spawn_shared_worker, spawn_worker,
 };
 
 /// Runs per crash point.
@@ -606,17 +603,7 @@ fn k8s_kubelet(pods: kube::Api<Pod>, tenant: String) -> tokio::task::JoinHandle<
 async fn k8s_crash_at(point: Option<&str>, ns: &str) {
     let rig = kube_rig();
     let kube = kube_client(&rig.kubeconfig).await;
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(ns.to_string()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    kube::Api::<Namespace>::all(kube.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}\n{}", rig.log()));
+    create_namespace(&kube, ns).await;
     let pods: kube::Api<Pod> = kube::Api::namespaced(kube.clone(), ns);
     let deployments: kube::Api<Deployment> = kube::Api::namespaced(kube.clone(), ns);
     let mut outcomes = Vec::new();

@@ -18,11 +18,11 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Pod, Service},
 };
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 use temporalio_client::Client;
@@ -33,8 +33,8 @@ use crate::kubernetes::{
 };
 use crate::lifecycle::{result, tenant_cli, tenant_compute, wait_for_execution_of};
 use crate::rigs::{
-    Outcome, TestWorker, WorkerOpts, client, k8s_now, kube_client, kube_rig, mark_ready, metric,
-    pod_image, query_status, signals_received, spawn_worker, started_activity_attempts,
+    Outcome, TestWorker, WorkerOpts, client, create_namespace, k8s_now, kube_client, kube_rig,
+    mark_ready, pod_image, query_status, signals_received, spawn_worker, started_activity_attempts,
     worker_log_tail,
 };
 
@@ -62,17 +62,7 @@ impl Rig {
     async fn start(ns: &str) -> Rig {
         let shared = kube_rig();
         let kube = kube_client(&shared.kubeconfig).await;
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.to_string()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(kube.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap_or_else(|e| panic!("create the namespace {ns}: {e}\n{}", shared.log()));
+        create_namespace(&kube, ns).await;
         Rig {
             ns: ns.to_string(),
             kube,
@@ -460,29 +450,7 @@ async fn k8s_a_failed_update_is_rolled_back_to_the_old_template_and_marks_the_te
     );
 
     // The operations port counted both operations, and the revert, as they happened.
-    let text = worker.metrics();
-    let ended = |operation: &str, outcome: &str| {
-        metric(
-            &text,
-            "compute_operations_total",
-            &[
-                ("provider", "kubernetes"),
-                ("operation", operation),
-                ("outcome", outcome),
-            ],
-        )
-    };
-    assert_eq!(ended("provision", "succeeded"), 1.0, "{text}");
-    assert_eq!(ended("update", "INVALID_CONFIGURATION"), 1.0, "{text}");
-    let reverts = [
-        ("provider", "kubernetes"),
-        ("call", "revert"),
-        ("outcome", "ok"),
-    ];
-    assert!(
-        metric(&text, "compute_provider_calls_total", &reverts) >= 1.0,
-        "{text}"
-    );
+    worker.assert_counted_failed_update("kubernetes", "INVALID_CONFIGURATION");
 
     // GetTenantCompute, by name from Python: running the old spec on the old pods, marked.
     let view = query_status(&client, "k8s-lc-revert-2").await;

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use compute_activities::{contract::ExecutionStatus, store};
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
+    core::v1::{Pod, Secret, Service, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
@@ -35,9 +35,9 @@ use temporalio_client::Client;
 
 use crate::ecs::input;
 use crate::rigs::{
-    Outcome, TestWorker, WorkerOpts, client, container_id, k8s_now, kube_client, kube_rig,
-    mark_ready, pod_image, query_status, signals_received, signals_with_times, spawn_worker,
-    started_activity_attempts, worker_log_tail,
+    Outcome, TestWorker, WorkerOpts, client, container_id, create_namespace, k8s_now, kube_client,
+    kube_rig, mark_ready, pod_image, query_status, signals_received, signals_with_times,
+    spawn_worker, started_activity_attempts, worker_log_tail,
 };
 
 const TENANT_LABEL: &str = "compute-worker/tenant";
@@ -59,22 +59,7 @@ impl Rig {
     async fn start(ns: &str) -> Rig {
         let shared = kube_rig();
         let kube = kube_client(&shared.kubeconfig).await;
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.to_string()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(kube.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "create the namespace {ns} on the rig: {e}\n{}",
-                    shared.log()
-                )
-            });
+        create_namespace(&kube, ns).await;
         Rig {
             ns: ns.to_string(),
             kube,

@@ -11,18 +11,15 @@ use std::{
     process::Command,
 };
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api,
-    api::{
-        ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-    },
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
 use serde_json::{Value, json};
 
 use crate::{
     deploy::{flag_variables, is_standard_variable, start_with},
-    rigs::{kube_client, kube_rig, moto_server},
+    rigs::{create_namespace, kube_client, kube_rig, moto_server},
 };
 
 fn repo_path(name: &str) -> PathBuf {
@@ -127,19 +124,7 @@ async fn k8s_worker_manifest_applies_server_side_with_the_rbac_and_probes_the_wo
     // field against its schema (an unknown one is an error) and stores nothing.
     let kube = kube_client(&kube_rig().kubeconfig).await;
     let ns = format!("k8s-manifest-{}", std::process::id());
-    Api::<Namespace>::all(kube.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    create_namespace(&kube, &ns).await;
     for doc in &docs {
         let mut obj = doc.clone();
         obj["metadata"]["namespace"] = json!(ns);

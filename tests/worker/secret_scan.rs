@@ -41,8 +41,8 @@ use serde_json::{Value, json};
 use crate::{
     fuzz::{Rng, files_under},
     rigs::{
-        MotoServer, TestWorker, WorkerOpts, cli, client, http, kube_client, kube_rig, mark_ready,
-        moto_server, spawn_worker, worker_log_tail, workflow_show_everything,
+        MotoServer, TestWorker, WorkerOpts, cli, client, create_namespace, http, kube_client,
+        kube_rig, mark_ready, moto_server, spawn_worker, worker_log_tail, workflow_show_everything,
     },
 };
 
@@ -780,19 +780,7 @@ async fn secret_scan_kubernetes_provider() {
     let rig = kube_rig();
     let kube = kube_client(&rig.kubeconfig).await;
     let ns = format!("scan-{}", std::process::id());
-    Api::<Namespace>::all(kube.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create the namespace {ns}: {e}\n{}", rig.log()));
+    create_namespace(&kube, &ns).await;
     Api::<Secret>::namespaced(kube.clone(), &ns)
         .create(
             &PostParams::default(),

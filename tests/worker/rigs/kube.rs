@@ -202,6 +202,29 @@ fn start_kube_rig() -> KubeRig {
     }
 }
 
+/// Creates the namespace `ns` (a test's own) on the shared rig; fails the test with the rig's
+/// log.
+pub async fn create_namespace(kube: &kube::Client, ns: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ObjectMeta, PostParams};
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(kube.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "create the namespace {ns} on the rig: {e}\n{}",
+                kube_rig().log()
+            )
+        });
+}
+
 /// A Kubernetes client from a kubeconfig file (its current context). Each test makes its own:
 /// a client belongs to the runtime it was made on.
 pub async fn kube_client(kubeconfig: &Path) -> kube::Client {

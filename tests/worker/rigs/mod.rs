@@ -16,7 +16,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 
-pub use self::kube::{container_id, k8s_now, kube_client, kube_rig, mark_ready, pod_image};
+pub use self::kube::{
+    container_id, create_namespace, k8s_now, kube_client, kube_rig, mark_ready, pod_image,
+};
 pub use fault_proxy::{Fault, FaultProxy, fault_proxy};
 pub use moto::{EcsNetwork, MotoServer, aws_authorization, ecs_client, moto_server};
 pub use ops::metric;

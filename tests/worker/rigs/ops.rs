@@ -36,6 +36,34 @@ impl TestWorker {
         body
     }
 
+    /// Checks `/metrics` after a provision that succeeded and an update that failed with `code`
+    /// and was reverted: each operation counted once under its outcome, the revert called.
+    pub fn assert_counted_failed_update(&self, provider: &str, code: &str) {
+        let text = self.metrics();
+        let ended = |operation: &str, outcome: &str| {
+            metric(
+                &text,
+                "compute_operations_total",
+                &[
+                    ("provider", provider),
+                    ("operation", operation),
+                    ("outcome", outcome),
+                ],
+            )
+        };
+        assert_eq!(ended("provision", "succeeded"), 1.0, "{text}");
+        assert_eq!(ended("update", code), 1.0, "{text}");
+        let reverts = [
+            ("provider", provider),
+            ("call", "revert"),
+            ("outcome", "ok"),
+        ];
+        assert!(
+            metric(&text, "compute_provider_calls_total", &reverts) >= 1.0,
+            "{text}"
+        );
+    }
+
     /// Polls `/readyz` until its status is `want` (`within`); its last body.
     pub fn wait_ready_status(&self, want: u16, within: Duration) -> Value {
         let deadline = Instant::now() + within;
