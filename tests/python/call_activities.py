@@ -4,13 +4,14 @@ prints one JSON result per call.
 
 Usage: call_activities.py ADDRESS TASK_QUEUE CALLS_JSON
 CALLS_JSON is a list of {"activity": NAME, "input": ANY, "waitSignal": bool,
-"startToCloseSeconds": int (default 60), "build": {...}?, "encoding": STR?}.
+"startToCloseSeconds": int (default 60), "build": {...}?, "encoding": STR?, "messageType": STR?}.
 
 Hostile inputs too large for a command line are built inside the workflow from "build":
 {"kind": "deep", "levels": N} nests {"a": ...} N levels deep around "input"; {"kind": "pad",
 "bytes": N} adds a string field of N bytes to "input"; {"kind": "items", "count": N} adds an
 array of N numbers. "encoding" sends the input as a raw payload with that encoding (such as
-"json/protobuf", as Go and Java send proto messages), passed through unchanged.
+"json/protobuf", as Go and Java send proto messages, with "messageType" as its message, by default
+compute.v1.ComputeRequest), passed through unchanged.
 """
 
 import asyncio
@@ -94,7 +95,7 @@ def build_input(call: dict):
     if encoding:
         meta = {"encoding": encoding.encode()}
         if encoding == "json/protobuf":
-            meta["messageType"] = b"compute.v1.ComputeRequest"
+            meta["messageType"] = call.get("messageType", "compute.v1.ComputeRequest").encode()
         return RawValue(Payload(metadata=meta, data=json.dumps(value).encode()))
     return value
 

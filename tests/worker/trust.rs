@@ -347,6 +347,20 @@ async fn hostile_inputs_are_refused_on_the_first_attempt() {
         raw[0]["signals"][0]["signal"], "compute-provisioned",
         "{raw:?}"
     );
+    // The same question as json/plain and as a compute.v1 message gets the same answer; a
+    // message of another package is refused at once.
+    let query = json!({"executionId": raw[0]["result"]["executionId"]});
+    let answers = worker.python_calls(json!([
+        {"activity": "GetComputeExecution", "input": query},
+        {"activity": "GetComputeExecution", "input": query, "encoding": "json/protobuf",
+         "messageType": "compute.v1.ExecutionQuery"},
+        {"activity": "GetComputeExecution", "input": query, "encoding": "json/protobuf",
+         "messageType": "acme.v1.ExecutionQuery"},
+    ]));
+    assert_eq!(answers[0]["result"]["state"], "succeeded", "{answers:?}");
+    assert_eq!(answers[0]["result"], answers[1]["result"]);
+    let m = refused_once(&answers[2], "GetComputeExecution");
+    assert!(m.contains("package compute.v1"), "{m}");
 
     // TenantComputeWorkflow's own input: too deep for the SDK's decoder, and a floor.
     let client = client().await;
