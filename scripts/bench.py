@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -101,7 +102,9 @@ class OurWorker:
              "--provider", "simulated", "--simulated-delay", delay,
              # Past the longest delay: a timed-out operation tells its caller TIMEOUT first.
              "--default-timeout", "2h",
-             "--max-concurrent-activities", os.environ.get("BENCH_MAX_ACTIVITIES", "1000")],
+             "--max-concurrent-activities", os.environ.get("BENCH_MAX_ACTIVITIES", "1000")]
+            # More flags of the worker's own, such as `--metrics-address 127.0.0.1:9464`.
+            + shlex.split(os.environ.get("BENCH_WORKER_ARGS", "")),
             stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn,compute_worker=info"},
         )
         deadline = time.time() + 60

@@ -5,9 +5,10 @@
 # scale run. It prints figures and asserts only that every operation completed.
 # Usage: scripts/bench.sh [--levels 1,20,200,1000] [--ops N] [--scale 10000]
 #                         [--scale-delay 5m] [--scale-kill]
+# BENCH_WORKER_ARGS adds flags to the worker's command line (e.g. its --metrics-address).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--help" ]; then sed -n 2,7p "$0"; exit 0; fi
+if [ "${1:-}" = "--help" ]; then sed -n 2,8p "$0"; exit 0; fi
 TEMPORAL=$(scripts/install-tools.sh)
 python=$(dirname "$TEMPORAL")/python
 [ -x "$python" ] || python=python3
