@@ -39,7 +39,29 @@ use temporalio_sdk::{
     },
 };
 
-pub use crate::cli::{Cli, Command, ProbeArgs, RunArgs, Settings, SweepArgs, TenantArgs};
+pub use crate::cli::{
+    Cli, Command, ProbeArgs, RunArgs, SchemaArgs, Settings, SweepArgs, TenantArgs,
+};
+
+/// `compute-worker schema`: prints the contract's JSON Schemas as one object by file name, or
+/// writes them, one file each, into `--out`.
+pub fn schema(args: &SchemaArgs) -> anyhow::Result<()> {
+    use compute_contract::schema;
+    let docs = schema::documents();
+    match &args.out {
+        None => println!("{}", serde_json::to_string_pretty(&docs)?),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            for (file, doc) in &docs {
+                std::fs::write(dir.join(file), schema::render(doc))
+                    .with_context(|| format!("cannot write {}", dir.join(file).display()))?;
+            }
+            println!("{} schemas written to {}", docs.len(), dir.display());
+        }
+    }
+    Ok(())
+}
 
 /// Opens the execution store and starts the provider the settings name.
 async fn open_backends(

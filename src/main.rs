@@ -25,20 +25,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tenant(args) => compute_worker::tenants::run(&args).await,
         Command::Probe(args) => compute_worker::serve::probe(&args).await,
-        Command::Schema(args) => {
-            let docs = compute_contract::schema::documents();
-            match &args.out {
-                None => println!("{}", serde_json::to_string_pretty(&docs)?),
-                Some(dir) => {
-                    std::fs::create_dir_all(dir)?;
-                    for (file, schema) in &docs {
-                        std::fs::write(dir.join(file), compute_contract::schema::render(schema))?;
-                    }
-                    println!("{} schemas written to {}", docs.len(), dir.display());
-                }
-            }
-            Ok(())
-        }
+        Command::Schema(args) => compute_worker::schema(&args),
         Command::RetryPolicy => {
             println!(
                 "{}",

@@ -248,30 +248,49 @@ async fn answer(ops: &Ops, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// The SDK's exporter's text (it serves only `/metrics`, on a loopback port of its own).
-async fn scrape_sdk(at: SocketAddr) -> anyhow::Result<String> {
-    let read = async {
+/// One `GET path` on a fresh connection to `at`, read to its end (at most `max` bytes) within
+/// `within`: the status line and the body.
+async fn get_once(
+    at: SocketAddr,
+    path: &str,
+    max: u64,
+    within: Duration,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let exchange = async {
         let mut stream = TcpStream::connect(at).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
-        stream.take(SDK_SCRAPE_MAX).read_to_end(&mut raw).await?;
+        stream.take(max).read_to_end(&mut raw).await?;
         anyhow::Ok(raw)
     };
-    let raw = tokio::time::timeout(SDK_SCRAPE_TIMEOUT, read)
+    let raw = tokio::time::timeout(within, exchange)
         .await
-        .context("the SDK's exporter did not answer in time")??;
-    let text = String::from_utf8(raw).context("the SDK's exporter sent something not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("the SDK's exporter sent no HTTP response")?;
+        .with_context(|| format!("{at} did not answer within {within:?}"))?
+        .with_context(|| format!("cannot ask {at}"))?;
+    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => (&raw[..end], raw[end + 4..].to_vec()),
+        None => (&raw[..], Vec::new()),
+    };
+    let status = String::from_utf8_lossy(head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((status, body))
+}
+
+/// The SDK's exporter's text (it serves only `/metrics`, on a loopback port of its own).
+async fn scrape_sdk(at: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = get_once(at, "/metrics", SDK_SCRAPE_MAX, SDK_SCRAPE_TIMEOUT)
+        .await
+        .context("the SDK's exporter")?;
     anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "the SDK's exporter answered {}",
-        head.lines().next().unwrap_or_default()
+        status.starts_with("HTTP/1.1 200"),
+        "the SDK's exporter answered {status}"
     );
-    Ok(body.to_string())
+    String::from_utf8(body).context("the SDK's exporter sent something not UTF-8")
 }
 
 /// `compute-worker probe`: one GET on a running worker's operations port; an error unless it
@@ -284,25 +303,8 @@ pub async fn probe(args: &crate::ProbeArgs) -> anyhow::Result<()> {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let exchange = async {
-        let mut stream = TcpStream::connect(at).await?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-            args.path
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.take(PROBE_MAX).read_to_end(&mut raw).await?;
-        anyhow::Ok(raw)
-    };
-    let raw = tokio::time::timeout(PROBE_TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("{at} did not answer within {PROBE_TIMEOUT:?}"))?
-        .with_context(|| format!("cannot ask {at}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or_default();
-    println!("{}", body.trim_end());
+    let (status, body) = get_once(at, &args.path, PROBE_MAX, PROBE_TIMEOUT).await?;
+    println!("{}", String::from_utf8_lossy(&body).trim_end());
     anyhow::ensure!(
         status.starts_with("HTTP/1.1 200"),
         "{} answered {status}",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector,
 };
 
 use crate::{
@@ -50,25 +51,25 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .expect("a metric's name and labels are valid by construction");
+/// `metric` (made with this module's fixed names and labels, so never an error), registered.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a metric's name and labels are valid by construction");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("each metric is registered once in its own registry");
-    c
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()),
-        labels,
-    )
-    .expect("a metric's name and labels are valid by construction");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("each metric is registered once in its own registry");
-    h
+    let opts = HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec());
+    registered(registry, HistogramVec::new(opts, labels))
 }
 
 impl Metrics {
@@ -76,17 +77,16 @@ impl Metrics {
     pub fn new(provider: &'static str) -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "compute_executions_in_flight",
-                "Executions this worker's observer is watching now.",
+        let in_flight = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "compute_executions_in_flight",
+                    "Executions this worker's observer is watching now.",
+                ),
+                &["provider"],
             ),
-            &["provider"],
-        )
-        .expect("a metric's name and labels are valid by construction");
-        registry
-            .register(Box::new(in_flight.clone()))
-            .expect("each metric is registered once in its own registry");
+        );
         in_flight.with_label_values(&[provider]).set(0);
         Metrics {
             provider,
@@ -135,11 +135,6 @@ impl Metrics {
             ),
             registry,
         }
-    }
-
-    /// The provider the labels name.
-    pub fn provider(&self) -> &'static str {
-        self.provider
     }
 
     /// An execution's final state, once (where the store applied it).

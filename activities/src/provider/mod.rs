@@ -165,8 +165,9 @@ pub trait ComputeProvider: Send + Sync + 'static {
     }
 
     /// Whether the provider answers now, for the worker's readiness probe: one cheap call
-    /// (ECS describes its cluster, Kubernetes reads its namespace, the local provider checks
-    /// its state directory). The default, for a provider with nothing remote, is yes.
+    /// (ECS lists one service of its cluster, Kubernetes one Deployment it may manage, the
+    /// local provider checks its state directory). The default, for a provider with nothing
+    /// remote, is yes.
     async fn ready(&self) -> Result<()> {
         Ok(())
     }
